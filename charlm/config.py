@@ -1,0 +1,121 @@
+"""One configuration for a training run: filled by the CLI, read by the trainer, stored in every checkpoint.
+
+Each field carries its command-line help in its metadata, so `charlm train --help`
+is generated from this file and cannot drift from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+
+from .errors import CharlmError
+
+
+def _opt(default, help, **extra):
+    """A dataclass field whose metadata holds the CLI help (and optional `flag`, `choices`)."""
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: tuple(default), metadata={"help": help, **extra})
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class Config:
+    """Everything that decides what a training run does (and nothing about how it is printed)."""
+
+    # --- data -------------------------------------------------------------
+    corpus: str | None = _opt(None, "Text file (.txt, .gz or .zip). Default: data/, then $CHARLM_DATA, then ../shared/data/ (the Jay Chou lyrics).")
+    member: str | None = _opt(None, "Which member of a .zip to read (needed when the zip holds several text files).")
+    encoding: str = _opt("utf-8", "Text encoding of the corpus, e.g. gbk for older Chinese files.")
+    newlines: str = _opt("keep", "Keep line breaks as characters, or replace them with spaces as the textbook did.", choices=("keep", "space"))
+    max_chars: int = _opt(0, "Keep only the first N characters (the textbook used 10000); 0 keeps the whole text.")
+    val_fraction: float = _opt(0.1, "Hold out this last fraction of the text, contiguously, for validation perplexity.")
+    # --- model ------------------------------------------------------------
+    model: str = _opt("rnn", "Model family (see the list above).")
+    hidden: int = _opt(256, "Hidden units of the recurrent layer.")
+    onehot: bool = _opt(False, "Use the textbook path: one-hot inputs multiplied step by step (slower, same result).")
+    # --- batches ----------------------------------------------------------
+    sampler: str = _opt("consecutive", "random: fresh subsequences and a fresh state per minibatch; consecutive: streams that carry the state across minibatches.", choices=("random", "consecutive"))
+    num_steps: int = _opt(35, "Time steps per minibatch (length of backpropagation through time).")
+    batch_size: int = _opt(32, "Subsequences (or streams) per minibatch.")
+    random_offset: bool = _opt(False, "consecutive sampler: start each epoch at a random offset below --num-steps.")
+    # --- optimisation -----------------------------------------------------
+    epochs: int = _opt(20, "Passes over the training text.")
+    optimizer: str = _opt("adam", "sgd (the textbook's choice for the scratch model) or adam.", choices=("sgd", "adam"))
+    lr: float = _opt(0.002, "Learning rate.")
+    clip: float = _opt(1.0, "Clip gradients to this global norm (the textbook used 0.01); 0 turns clipping off.")
+    weight_decay: float = _opt(0.0, "L2 weight decay added by the optimizer.")
+    lr_schedule: str = _opt("none", "Learning-rate schedule: none, plateau (halve when validation stalls) or cosine.", choices=("none", "plateau", "cosine"))
+    patience: int = _opt(0, "Stop after this many epochs without a better validation perplexity; 0 never stops early.")
+    seed: int = _opt(0, "Random seed for initialisation and sampling order.")
+    device: str = _opt("auto", "auto uses CUDA when present.", choices=("auto", "cpu", "cuda"))
+    # --- reporting --------------------------------------------------------
+    prefixes: tuple = _opt(("分开", "不分开"), "Prefix to continue in the progress samples (repeat the flag for several).", flag="--prefix", multiple=True)
+    pred_every: int = _opt(5, "Print a continuation of each prefix every N epochs; 0 never.")
+    pred_len: int = _opt(50, "Characters in each progress continuation.")
+    out: str | None = _opt(None, "Run directory for metrics.jsonl, last.pt and best.pt. Default: checkpoints/<time>-<model>-<sampler>.")
+    preset: str | None = _opt(None, "Named set of hyperparameters (see the list above); explicit flags override it.")
+
+    def validate(self) -> "Config":
+        """Refuse values that cannot train, with a line saying what to use instead."""
+        positive = ("hidden", "num_steps", "batch_size", "epochs", "pred_len")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise CharlmError(f"--{name.replace('_', '-')} must be a positive whole number, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise CharlmError(f"--lr must be positive, got {self.lr}")
+        if not 0 < self.val_fraction < 1:
+            raise CharlmError(f"--val-fraction must lie strictly between 0 and 1, got {self.val_fraction}")
+        for name in ("max_chars", "pred_every", "patience"):
+            if getattr(self, name) < 0:
+                raise CharlmError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+        if self.clip < 0 or self.weight_decay < 0:
+            raise CharlmError("--clip and --weight-decay must be 0 or more")
+        return self
+
+    def to_dict(self) -> dict:
+        """Plain dict for checkpoints (only str, int, float, bool, None and tuples: safe for weights_only loading)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Config":
+        """Rebuild from a checkpoint; unknown keys (from a newer charlm) are ignored, missing ones take defaults."""
+        known = {f.name for f in fields(cls)}
+        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
+        return cls(**values)
+
+
+def field_default(f):
+    """The default value of a Config field, whether given directly or by a factory."""
+    return f.default_factory() if f.default is MISSING else f.default
+
+
+# Presets set several fields at once. "per_model" entries apply only when the run
+# uses that model, so one preset can give each model its textbook optimiser.
+_TEXTBOOK = dict(
+    max_chars=10000, newlines="space", epochs=250, num_steps=35, batch_size=32,
+    hidden=256, clip=0.01, pred_every=50, pred_len=50,
+    per_model={
+        "rnn-scratch": dict(optimizer="sgd", lr=100.0),
+        "rnn": dict(optimizer="adam", lr=0.001),
+    },
+)
+
+PRESETS: dict[str, dict] = {
+    "textbook": _TEXTBOOK,
+    "textbook-scratch": {**_TEXTBOOK, "model": "rnn-scratch", "sampler": "random"},
+    "textbook-rnn": {**_TEXTBOOK, "model": "rnn", "sampler": "consecutive"},
+}
+
+
+def apply_preset(config: Config, name: str | None, explicit: set[str]) -> Config:
+    """Return `config` with preset `name` applied to every field not named in `explicit`."""
+    if not name:
+        return config
+    if name not in PRESETS:
+        raise CharlmError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
+    preset = PRESETS[name]
+    values = {k: v for k, v in preset.items() if k != "per_model"}
+    model = config.model if "model" in explicit else values.get("model", config.model)
+    values.update(preset.get("per_model", {}).get(model, {}))
+    values = {k: v for k, v in values.items() if k not in explicit}
+    return replace(config, preset=name, **values)

@@ -1,0 +1,47 @@
+"""Perplexity and the per-epoch metrics log (`metrics.jsonl`)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+
+def perplexity(total_loss: float, n_chars: int) -> float:
+    """exp(total cross-entropy / total characters): weighted by characters, not averaged over batches."""
+    return math.exp(total_loss / n_chars) if n_chars else float("nan")
+
+
+class MetricsLog:
+    """Appends one JSON object per epoch to RUN_DIR/metrics.jsonl, each line written whole."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def append(self, record: dict) -> None:
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        # one write() of the whole line on an O_APPEND descriptor, then fsync: a crash leaves whole lines
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def truncate_to(self, records: list[dict]) -> None:
+        """Rewrite the log to hold exactly `records` (used on resume, dropping epochs after the checkpoint)."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a metrics.jsonl file (an unfinished last line, if any, is skipped)."""
+    records = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records

@@ -1,0 +1,37 @@
+"""Model families behind one interface: `forward(X, state) -> (logits, state)` and `begin_state(batch_size)`.
+
+X is a LongTensor of character indices, (batch, num_steps); logits are
+(batch, num_steps, vocab). The trainer, the decoder and compare only use this
+interface, so a new model is one new file added to MODELS below.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import CharlmError
+from .rnn_nn import RNNModel
+from .rnn_scratch import RNNScratch
+
+MODELS = {
+    "rnn-scratch": RNNScratch,
+    "rnn": RNNModel,
+}
+
+
+def build_model(config, vocab_size: int) -> torch.nn.Module:
+    """A freshly initialised model of the family named by `config.model`."""
+    if config.model not in MODELS:
+        raise CharlmError(f"unknown model {config.model!r}; choose one of: {', '.join(MODELS)}")
+    return MODELS[config.model].from_config(config, vocab_size)
+
+
+def detach_state(state):
+    """Cut the graph behind a hidden state (a tensor or a tuple of them) between consecutive minibatches."""
+    if isinstance(state, torch.Tensor):
+        return state.detach()
+    return tuple(detach_state(s) for s in state)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

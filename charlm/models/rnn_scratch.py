@@ -1,0 +1,60 @@
+"""The textbook's recurrent network written by hand: our own parameters and our own loop over time."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..vocab import to_onehot
+
+
+def _one(*shape) -> nn.Parameter:
+    # the textbook's initialisation: small normal weights
+    return nn.Parameter(torch.randn(*shape) * 0.01)
+
+
+class RNNScratch(nn.Module):
+    """H_t = tanh(X_t W_xh + H_{t-1} W_hh + b_h);  O_t = H_t W_hq + b_q.
+
+    Two paths give the same numbers: the textbook path (`onehot=True`) multiplies
+    a one-hot matrix by W_xh at every step; the default path looks the rows up
+    (a one-hot product *is* a row lookup) for all steps at once and applies the
+    output layer to all steps in one product, leaving only H W_hh in the loop.
+    """
+
+    def __init__(self, vocab_size: int, hidden_size: int, onehot: bool = False):
+        super().__init__()
+        self.vocab_size, self.hidden_size, self.onehot = vocab_size, hidden_size, onehot
+        self.W_xh = _one(vocab_size, hidden_size)
+        self.W_hh = _one(hidden_size, hidden_size)
+        self.b_h = nn.Parameter(torch.zeros(hidden_size))
+        self.W_hq = _one(hidden_size, vocab_size)
+        self.b_q = nn.Parameter(torch.zeros(vocab_size))
+
+    @classmethod
+    def from_config(cls, config, vocab_size: int) -> "RNNScratch":
+        return cls(vocab_size, config.hidden, onehot=config.onehot)
+
+    def begin_state(self, batch_size: int, device=None) -> torch.Tensor:
+        return torch.zeros(batch_size, self.hidden_size, dtype=self.W_hh.dtype, device=device or self.W_hh.device)
+
+    def forward(self, X: torch.Tensor, state: torch.Tensor):
+        if self.onehot:
+            return self._forward_textbook(X, state)
+        H = state  # (batch, hidden)
+        XW = F.embedding(X, self.W_xh) + self.b_h  # (batch, steps, hidden): onehot(X) @ W_xh, as a lookup
+        hs = []
+        for t in range(X.shape[1]):
+            H = torch.tanh(XW[:, t] + H @ self.W_hh)  # (batch, hidden)
+            hs.append(H)
+        logits = torch.stack(hs, 1) @ self.W_hq + self.b_q  # (batch, steps, vocab)
+        return logits, H
+
+    def _forward_textbook(self, X, state):
+        H = state
+        outputs = []
+        for x in to_onehot(X, self.vocab_size, self.W_xh.dtype):  # x: (batch, vocab)
+            H = torch.tanh(x @ self.W_xh + H @ self.W_hh + self.b_h)
+            outputs.append(H @ self.W_hq + self.b_q)
+        return torch.stack(outputs, 1), H
