@@ -135,6 +135,7 @@ def train(config: Config, corpus: Corpus, run_dir: str | Path, *, resume: dict |
     random state continue exactly where that checkpoint stopped.
     """
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
     model = build_model(config, len(corpus.vocab)).to(device)
