@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -24,22 +26,36 @@ from .vocab import Vocab
 FORMAT = "charlm-checkpoint"
 FORMAT_VERSION = 1
 RUNS_DIR = Path("checkpoints")
+TMP_SUFFIX = ".tmp"  # save_checkpoint's temporary files: <name>.pt.<random>.tmp
+
+
+class CheckpointWriteError(CharlmError):
+    """Writing a checkpoint failed (a full disk, a vanished directory); the previous file is unchanged."""
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> None:
     """Write `payload` to a temporary file beside `path`, fsync it, then rename it over `path`.
 
-    A crash at any moment leaves either the old file or the new one, never half of one.
+    A crash at any moment leaves either the old file or the new one, never half of one;
+    a failed write (e.g. a full disk) raises CheckpointWriteError and leaves the old file as it was.
     """
     path = Path(path)
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "charlm_version": __version__, **payload}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=TMP_SUFFIX, dir=path.parent)
+    except OSError as e:
+        raise CheckpointWriteError(f"cannot write checkpoint {path} ({e.strerror or e}); "
+                                   f"{_kept(path)}") from None
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; checkpoints are meant to be shared
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise CheckpointWriteError(f"cannot write checkpoint {path} ({e.strerror or e}); {_kept(path)}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -53,30 +69,64 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
         pass
 
 
+def _kept(path: Path) -> str:
+    return f"the previous {path.name} is unchanged" if path.exists() else "nothing was written"
+
+
+def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
+    """Delete temporary files left in `run_dir` by a save that was killed half-way; returns what was removed."""
+    removed = []
+    for tmp in Path(run_dir).glob("*.pt.*" + TMP_SUFFIX):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Read and check a checkpoint; anything that is not one of ours gives a CharlmError."""
+    """Read and check a checkpoint; anything that is not one of ours gives a CharlmError.
+
+    Only tensors and plain Python values are unpickled (`weights_only=True`): a file
+    that holds any other object (which could run code when loaded) is refused unread.
+    """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CharlmError(f"checkpoint {path} does not exist; train first (charlm train) or pass --checkpoint PATH")
+    if not path.is_file():
+        raise CharlmError(f"checkpoint {path} is not a file; give a .pt file or a run directory")
     if path.stat().st_size == 0:
         raise CharlmError(f"checkpoint {path} is empty (an interrupted copy?); use another checkpoint")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip; a truncated one has lost its central directory
+        raise CharlmError(f"checkpoint {path} is truncated or not a checkpoint file at all "
+                          "(no PyTorch zip structure); copy it again or use another checkpoint")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's own warnings would break the one-line error
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Unsupported" in str(e) or "global" in str(e).lower():
-            raise CharlmError(f"checkpoint {path} holds Python objects that could run code; refusing to load it") from None
-        raise CharlmError(f"checkpoint {path} is damaged or not a charlm checkpoint ({str(e).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        raise CharlmError(f"checkpoint {path} is damaged or truncated ({str(e).splitlines()[0][:120]})") from None
+        message = str(e)
+        if "GLOBAL" in message:
+            found = re.search(r"GLOBAL ([\w.]+)", message)
+            what = f" ({found.group(1)})" if found else ""
+            raise CharlmError(f"checkpoint {path} holds a Python object{what} that could run code when loaded; "
+                              "refusing to load it (charlm checkpoints hold only tensors and plain values)") from None
+        raise CharlmError(f"checkpoint {path} is damaged or not a charlm checkpoint (its contents cannot be read "
+                          "as tensors and plain values)") from None
+    except Exception as e:  # torch reports damage as RuntimeError, KeyError, EOFError, ...
+        detail = (str(e).splitlines() or [""])[0][:120]
+        raise CharlmError(f"checkpoint {path} is damaged, truncated or not a PyTorch checkpoint "
+                          f"({type(e).__name__}: {detail})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CharlmError(f"{path} is not a charlm checkpoint")
+        raise CharlmError(f"{path} is a PyTorch file but not a charlm checkpoint (no format marker {FORMAT!r})")
     version = payload.get("format_version")
+    writer = payload.get("charlm_version", "unknown")
     if version != FORMAT_VERSION:
-        raise CharlmError(f"checkpoint {path} has format version {version}, this charlm ({__version__}) "
-                          f"reads version {FORMAT_VERSION}; retrain or use the charlm that wrote it")
-    for key in ("config", "vocab", "model"):
-        if key not in payload:
-            raise CharlmError(f"checkpoint {path} lacks {key!r}; it is damaged")
+        newer = isinstance(version, int) and version > FORMAT_VERSION
+        advice = "upgrade charlm to read it" if newer else "retrain it, or load it with the charlm that wrote it"
+        raise CharlmError(f"checkpoint {path} has format version {version!r} (written by charlm {writer}); "
+                          f"this charlm {__version__} reads format version {FORMAT_VERSION}: {advice}")
+    for key, kind in (("config", dict), ("vocab", (list, tuple)), ("model", dict)):
+        if not isinstance(payload.get(key), kind):
+            raise CharlmError(f"checkpoint {path} (written by charlm {writer}) lacks a valid {key!r} entry; it is damaged")
     return payload
 
 
@@ -104,7 +154,10 @@ def model_from_checkpoint(payload: dict, device="cpu"):
     try:
         model.load_state_dict(payload["model"])
     except (RuntimeError, KeyError) as e:
-        raise CharlmError(f"checkpoint weights do not fit a {config.model} model "
-                          f"({str(e).splitlines()[0][:120]}); the file is damaged or from another version") from None
+        # torch's first line only says "Error(s) in loading state_dict"; the next one names the tensor
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = (lines[1] if len(lines) > 1 and lines[0].startswith("Error(s)") else lines[0] if lines else "")[:160]
+        raise CharlmError(f"checkpoint weights do not fit a {config.model} model ({detail}); "
+                          "the file is damaged or from another version") from None
     model.to(device).eval()
     return model, vocab, config

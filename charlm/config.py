@@ -33,6 +33,14 @@ class Config:
     model: str = _opt("rnn", "Model family (see the list above).")
     hidden: int = _opt(256, "Hidden units of the recurrent layer.")
     onehot: bool = _opt(False, "Use the textbook path: one-hot inputs multiplied step by step (slower, same result).")
+    layers: int = _opt(1, "Stacked recurrent layers (nn models rnn, gru, lstm; the scratch models have one).")
+    dropout: float = _opt(0.0, "Dropout probability in [0, 1) on the embedding, between layers and before the output layer; active only in training.")
+    embedding: int = _opt(0, "0: one-hot input as in the textbook; N > 0: a learned N-wide embedding (nn models rnn, gru, lstm).")
+    tie_weights: bool = _opt(False, "Share the output layer's weights with the embedding (needs --embedding equal to --hidden).")
+    # --- n-gram and mixture (kn, mix) -------------------------------------
+    order: int = _opt(5, "kn and mix: n-gram order of the Kneser-Ney model (5 = predict from the previous 4 characters).")
+    mix_neural: str = _opt("rnn", "mix: the neural model family whose distribution is interpolated with the n-gram.")
+    mix_weight: float = _opt(0.5, "mix: weight λ of the neural distribution; the n-gram gets 1-λ (fixed, never fitted on validation text).")
     # --- batches ----------------------------------------------------------
     sampler: str = _opt("consecutive", "random: fresh subsequences and a fresh state per minibatch; consecutive: streams that carry the state across minibatches.", choices=("random", "consecutive"))
     num_steps: int = _opt(35, "Time steps per minibatch (length of backpropagation through time).")
@@ -68,8 +76,25 @@ class Config:
         for name in ("max_chars", "pred_every", "patience"):
             if getattr(self, name) < 0:
                 raise CharlmError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
-        if self.clip < 0 or self.weight_decay < 0:
-            raise CharlmError("--clip and --weight-decay must be 0 or more")
+        for name in ("clip", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise CharlmError(f"--{name.replace('_', '-')} must be 0 or more (0 turns it off), got {getattr(self, name)}")
+        if self.order < 1:
+            raise CharlmError(f"--order must be 1 or more (1 = character frequencies, 5 = the usual baseline), got {self.order}")
+        if not 0 <= self.mix_weight <= 1:
+            raise CharlmError(f"--mix-weight must lie in [0, 1] (the neural share of the mixture), got {self.mix_weight}")
+        # --- model shape (layers, dropout, embedding, tie_weights); the models refuse what they cannot use
+        if self.layers < 1:
+            raise CharlmError(f"--layers must be 1 or more, got {self.layers}")
+        if not 0 <= self.dropout < 1:
+            raise CharlmError(f"--dropout must lie in [0, 1) (a probability of zeroing a unit), got {self.dropout}")
+        if self.embedding < 0:
+            raise CharlmError(f"--embedding must be 0 (one-hot input) or a positive width, got {self.embedding}")
+        if self.onehot and self.embedding:
+            raise CharlmError(f"--onehot feeds one-hot vectors, --embedding {self.embedding} learned vectors; give only one")
+        if self.tie_weights and self.embedding != self.hidden:
+            raise CharlmError(f"--tie-weights shares the output layer ({self.hidden} wide, --hidden) with the embedding "
+                              f"(--embedding {self.embedding}); give --embedding {self.hidden}")
         return self
 
     def to_dict(self) -> dict:

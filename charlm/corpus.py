@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .encode_cache import corpus_key, load_encoded
 from .errors import CharlmError
 from .vocab import Vocab
 
@@ -172,8 +173,9 @@ def split(indices: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndar
 def load_corpus(config) -> Corpus:
     """Resolve, read, prepare, encode and split the corpus named by a Config."""
     path = resolve_corpus(config.corpus)
+    key = corpus_key(path, config)  # stat and hash before reading: see charlm/encode_cache.py
     text = prepare_text(read_text(path, config.member, config.encoding), config.newlines, config.max_chars)
-    vocab = Vocab.build(text)
-    train, val = split(vocab.encode(text), config.val_fraction)
-    return Corpus(text, vocab, train, val, str(path), fingerprint(text))
+    encoded = load_encoded(key, text)  # reused from the cache when the file and options are unchanged
+    train, val = split(np.asarray(encoded.indices, dtype=np.int64), config.val_fraction)
+    return Corpus(text, encoded.vocab, train, val, str(path), encoded.fingerprint)
 

@@ -1,11 +1,23 @@
-"""Turn a model and a prefix into text: the textbook's `predict`, feeding one index per step.
+"""Turn a model and a prefix into text: the textbook's `predict`, and batched `generate` with decoding strategies.
 
-The prefix goes through the model in one call to build the hidden state; then
-each new character is chosen from the last logits by `choose` and fed back.
-`greedy` (arg-max) is the textbook's rule; other rules plug in as `choose`.
+A strategy turns the last logits of every stream, (batch, vocab), into the next
+indices, (batch,): `greedy` (arg-max, the textbook's rule) or `Sampler`
+(temperature, then top-k, then top-p, then a draw). `generate` runs many
+streams at once, one model call per step for all of them:
+
+    prefixes        prime (one call per prefix)      step t (one call for every stream)
+    分开   x N  ->  state copied to N streams  ->  [B streams] --choose--> (B,) --model--> (B, vocab)
+    不分开 x N  ->  state copied to N streams  ->       ^________________________________|
+
+`beam_search` keeps the K most probable continuations of each prefix instead.
+The log-probabilities reported with every sample are the model's own
+(log-softmax of the raw logits), whatever the strategy changed before choosing.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
 
 import torch
 
@@ -23,13 +35,20 @@ def encode_prefix(prefix: str, vocab) -> list[int]:
         raise CharlmError("the prefix is empty; give at least one character, e.g. --prefix 分开")
     unknown = vocab.unknown(prefix)
     if unknown:
-        raise CharlmError(f"prefix {prefix!r} has characters not in the model's vocabulary: {' '.join(unknown)}")
+        raise CharlmError(f"prefix {prefix!r} has characters not in the model's vocabulary: {' '.join(map(repr, unknown))} "
+                          "(drop them with --unknown skip)")
     return [vocab.char_to_idx[c] for c in prefix]
+
+
+def drop_unknown(prefix: str, vocab) -> tuple[str, list[str]]:
+    """The prefix without the characters the model has never seen, and those characters (first appearance order)."""
+    unknown = vocab.unknown(prefix)
+    return "".join(c for c in prefix if c in vocab.char_to_idx), unknown
 
 
 @torch.no_grad()
 def predict(prefix: str, num_chars: int, model, vocab, device=None, choose=greedy, generator=None) -> str:
-    """Continue `prefix` by `num_chars` characters and return prefix + continuation."""
+    """Continue `prefix` by `num_chars` characters and return prefix + continuation (the textbook's name)."""
     was_training = model.training
     model.eval()
     try:
@@ -45,3 +64,391 @@ def predict(prefix: str, num_chars: int, model, vocab, device=None, choose=greed
         return prefix + vocab.decode(out)
     finally:
         model.train(was_training)
+
+
+# --- logits processors: (batch, vocab) -> (batch, vocab) ------------------------------------
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Make characters already in the stream less likely (CTRL's rule): divide positive logits, multiply negative ones.
+
+    `seen` is a (batch, vocab) boolean mask of the characters in each stream so far, prefix included.
+    """
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)  # (batch, vocab)
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the `k` largest logits of each row and set the rest to -inf; k 0 (or >= vocab) keeps all."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = logits.topk(k, dim=-1).values[:, -1:]  # (batch, 1): the k-th largest
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filter: keep the smallest set of most probable characters whose probability reaches `p`.
+
+    A character is kept when the probability of the characters ranked above it is
+    still below p, so the most probable one is always kept; p 1.0 keeps all.
+    """
+    if p >= 1.0:
+        return logits
+    probs = logits.softmax(dim=-1)  # (batch, vocab)
+    V = probs.shape[-1]
+    k = min(V, 64)
+    while True:  # rank only the top k (much cheaper than a full sort) unless the nucleus may be wider
+        top, order = probs.topk(k, dim=-1)  # (batch, k), most probable first
+        total = top.cumsum(dim=-1)
+        if k == V or bool((total[:, -1] >= p).all()):
+            break
+        k = min(V, 4 * k)
+    keep_sorted = total - top < p  # probability ranked strictly above each character is below p
+    keep = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, order, keep_sorted)
+    return logits.masked_fill(~keep, float("-inf"))
+
+
+def sample_from_logits(logits: torch.Tensor, generator=None) -> torch.Tensor:
+    """Draw one index per row from softmax(logits): (batch, vocab) -> (batch,).
+
+    Inverse-CDF sampling: one uniform number per row, located in the running sum of the
+    probabilities (several times faster than torch.multinomial on CPU). Characters of
+    probability 0 are never drawn: the search finds the first running sum above u.
+    """
+    cdf = logits.float().softmax(dim=-1).cumsum(dim=-1)  # (batch, vocab)
+    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf[:, -1:]  # (batch, 1)
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=cdf.shape[-1] - 1)
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """Ancestral sampling: divide the logits by the temperature, filter by top-k then top-p, and draw."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __call__(self, logits: torch.Tensor, generator=None) -> torch.Tensor:
+        logits = logits / self.temperature
+        logits = top_p_filter(top_k_filter(logits, self.top_k), self.top_p)
+        return sample_from_logits(logits, generator)
+
+
+# --- one decoding setting, from flags or from a "top_k=5" spec -----------------------------
+
+_SPEC_KEYS = {"temperature": float, "top_k": int, "top_p": float, "num_beams": int, "repetition_penalty": float}
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How to choose each next character: arg-max (the default), sampling, or beam search."""
+
+    sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    num_beams: int = 1
+    repetition_penalty: float = 1.0
+
+    def validate(self) -> "Decoding":
+        """Refuse settings that cannot decode, saying what to use instead."""
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise CharlmError(f"--temperature must be a positive number, got {self.temperature}; for arg-max use --greedy")
+        if self.top_k < 0:
+            raise CharlmError(f"--top-k must be 0 (off) or more, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise CharlmError(f"--top-p must lie in (0, 1] (1 is off), got {self.top_p}")
+        if self.num_beams < 1:
+            raise CharlmError(f"--num-beams must be 1 (off) or more, got {self.num_beams}")
+        if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
+            raise CharlmError(f"--repetition-penalty must be a positive number (1.0 is off), got {self.repetition_penalty}")
+        if self.sample and self.num_beams > 1:
+            raise CharlmError("beam search does not sample: drop --num-beams, or drop --temperature/--top-k/--top-p")
+        return self
+
+    @property
+    def deterministic(self) -> bool:
+        """True when every run gives the same text (arg-max and beam search)."""
+        return not self.sample
+
+    def chooser(self):
+        """The (batch, vocab) -> (batch,) rule for one step (beam search has its own loop)."""
+        return Sampler(self.temperature, self.top_k, self.top_p) if self.sample else greedy
+
+    def label(self) -> str:
+        """A short name that `parse_decoding` reads back, e.g. 'greedy', 'top_k=5', 'num_beams=4'."""
+        parts = []
+        if self.num_beams > 1:
+            parts.append(f"num_beams={self.num_beams}")
+        elif self.sample:
+            if self.temperature != 1.0 or (self.top_k == 0 and self.top_p == 1.0):
+                parts.append(f"temperature={self.temperature:g}")
+            if self.top_k:
+                parts.append(f"top_k={self.top_k}")
+            if self.top_p < 1.0:
+                parts.append(f"top_p={self.top_p:g}")
+        else:
+            parts.append("greedy")
+        if self.repetition_penalty != 1.0:
+            parts.append(f"repetition_penalty={self.repetition_penalty:g}")
+        return "+".join(parts)
+
+
+def parse_decoding(spec: str) -> Decoding:
+    """One setting from text: 'greedy', 'temperature=0.8', 'top_k=5', 'top_p=0.9', 'num_beams=4',
+    'repetition_penalty=1.2', or several joined by '+' (e.g. 'top_k=40+temperature=0.7')."""
+    values: dict = {}
+    sample = False
+    for part in spec.strip().split("+"):
+        part = part.strip()
+        key, _, raw = part.partition("=")
+        key = key.strip().replace("-", "_")
+        if key == "greedy" and not raw:
+            continue
+        if key == "sample" and not raw:
+            sample = True
+            continue
+        if key not in _SPEC_KEYS or not raw:
+            raise CharlmError(f"cannot read decoding setting {part!r} in {spec!r}; use greedy, sample, "
+                              + ", ".join(f"{k}=N" for k in _SPEC_KEYS) + " (join several with '+')")
+        try:
+            values[key] = _SPEC_KEYS[key](raw.strip())
+        except ValueError:
+            raise CharlmError(f"{key} needs a {_SPEC_KEYS[key].__name__} value, got {raw!r} in {spec!r}") from None
+        sample = sample or key in ("temperature", "top_k", "top_p")
+    if "greedy" in [p.strip() for p in spec.split("+")] and sample:
+        raise CharlmError(f"{spec!r} asks for greedy and for sampling; choose one")
+    return Decoding(sample=sample, **values).validate()
+
+
+def parse_decodings(specs: str) -> list[Decoding]:
+    """A comma-separated list of settings, e.g. 'greedy,temperature=0.8,top_k=5,top_p=0.9,num_beams=4'."""
+    parts = [s for s in specs.split(",") if s.strip()]
+    if not parts:
+        raise CharlmError("--decoding is empty; give e.g. greedy,temperature=0.8")
+    return [parse_decoding(s) for s in parts]
+
+
+# --- hidden states of any model, batched ---------------------------------------------------
+
+def _batch_dims(model, device):
+    """Which dimension of each state tensor is the batch: where begin_state(1) and begin_state(2) differ.
+
+    Works for a tensor, a tuple of tensors (LSTM) or nested tuples (a mixture), without asking the model's type.
+    """
+    def dims(a, b):
+        if isinstance(a, torch.Tensor):
+            return next((i for i, (x, y) in enumerate(zip(a.shape, b.shape)) if x != y), None)
+        return tuple(dims(x, y) for x, y in zip(a, b))
+    return dims(model.begin_state(1, device), model.begin_state(2, device))
+
+
+def _select(state, dims, index: torch.Tensor):
+    """The streams `index` of a batched state (repeats allowed: copies a stream)."""
+    if isinstance(state, torch.Tensor):
+        return state if dims is None else state.index_select(dims, index)
+    return type(state)(_select(s, d, index) for s, d in zip(state, dims))
+
+
+def _cat(states: list, dims):
+    if isinstance(states[0], torch.Tensor):
+        return states[0] if dims is None else torch.cat(states, dim=dims)
+    return type(states[0])(_cat([s[i] for s in states], d) for i, d in enumerate(dims))
+
+
+def _shape_key(state, dims):
+    """The state's shape without its batch dimension: states with equal keys can share one batch."""
+    if isinstance(state, torch.Tensor):
+        return tuple(n for i, n in enumerate(state.shape) if i != dims)
+    return tuple(_shape_key(s, d) for s, d in zip(state, dims))
+
+
+@dataclass
+class _Group:
+    """Streams that step together: `rows[i]` is the prefix index of stream i."""
+
+    rows: list[int]
+    logits: torch.Tensor  # (streams, vocab): the next-character logits
+    state: object
+
+
+def _prime(model, encoded: list[list[int]], copies: int, dims, device) -> list[_Group]:
+    """Read each prefix once, then copy its state to `copies` streams; prefixes whose states
+    have the same shape (all of them, for recurrent nets) share one batch."""
+    groups: dict = {}
+    for p, idx in enumerate(encoded):
+        logits, state = model(torch.tensor([idx], device=device), model.begin_state(1, device))  # (1, len, vocab)
+        groups.setdefault(_shape_key(state, dims), []).append((p, logits[:, -1], state))
+    out = []
+    for members in groups.values():
+        rows = [p for p, _, _ in members for _ in range(copies)]
+        repeat = torch.arange(len(members), device=device).repeat_interleave(copies)  # (streams,)
+        logits = torch.cat([lg for _, lg, _ in members]).index_select(0, repeat)  # (streams, vocab)
+        state = _select(_cat([s for _, _, s in members], dims), dims, repeat)
+        out.append(_Group(rows, logits, state))
+    return out
+
+
+def _seen_mask(encoded: list[list[int]], rows: list[int], vocab_size: int, device) -> torch.Tensor:
+    seen = torch.zeros(len(rows), vocab_size, dtype=torch.bool, device=device)  # (streams, vocab)
+    for i, p in enumerate(rows):
+        seen[i, encoded[p]] = True
+    return seen
+
+
+# --- generation ----------------------------------------------------------------------------
+
+@dataclass
+class Sample:
+    """One generated continuation and the model's log-probability (natural log) of each of its characters."""
+
+    prefix: str
+    text: str
+    logprobs: list[float] = field(default_factory=list)
+
+    @property
+    def logprob(self) -> float:
+        """Total log-probability of the continuation given the prefix."""
+        return float(sum(self.logprobs))
+
+
+def _to_samples(prefixes, rows, tokens, logprobs, vocab) -> list[Sample]:
+    tokens, logprobs = tokens.tolist(), logprobs.tolist()
+    return [Sample(prefixes[p], vocab.decode(t), lp) for p, t, lp in zip(rows, tokens, logprobs)]
+
+
+def _run_streams(model, group: _Group, length: int, choose, penalty: float, seen, generator, on_step):
+    """Step every stream of `group` `length` times; returns (tokens, logprobs), both (streams, length)."""
+    logits, state = group.logits, group.state
+    B, device = logits.shape[0], logits.device
+    tokens = torch.empty(B, length, dtype=torch.long, device=device)
+    logprobs = torch.empty(B, length, dtype=torch.float32, device=device)
+    for t in range(length):
+        scores = apply_repetition_penalty(logits, seen, penalty) if seen is not None else logits
+        nxt = choose(scores, generator)  # (B,)
+        logprobs[:, t] = logits.float().log_softmax(-1).gather(1, nxt[:, None]).squeeze(1)
+        tokens[:, t] = nxt
+        if seen is not None:
+            seen.scatter_(1, nxt[:, None], True)
+        if on_step is not None:
+            on_step(nxt)
+        if t + 1 < length:  # the last character needs no further step
+            logits, state = model(nxt[:, None], state)  # (B, 1, vocab)
+            logits = logits[:, -1]
+    return tokens, logprobs
+
+
+def generate(model, vocab, prefixes, length: int, decoding: Decoding = Decoding(), num_samples: int = 1,
+             generator: torch.Generator | None = None, device=None, on_step=None) -> list[Sample]:
+    """Continue each prefix `num_samples` times, all streams in one batch; returns prefix-major samples.
+
+    `prefixes` is one string or a list; with beam search, `num_samples` is how many of the
+    best beams to return per prefix. `on_step(indices)` (a (streams,) tensor) is called after
+    every step, e.g. to print characters as they come.
+    """
+    prefixes = [prefixes] if isinstance(prefixes, str) else list(prefixes)
+    decoding.validate()
+    if num_samples < 1:
+        raise CharlmError(f"--num-samples must be 1 or more, got {num_samples}")
+    if length < 0:
+        raise CharlmError(f"--length must be 0 or more, got {length}")
+    encoded = [encode_prefix(p, vocab) for p in prefixes]
+    if decoding.num_beams > 1:
+        return beam_search(model, vocab, prefixes, length, decoding.num_beams, num_samples,
+                           decoding.repetition_penalty, device)
+    if length == 0:
+        return [Sample(p, "", []) for p in prefixes for _ in range(num_samples)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            device = device or next(model.parameters()).device
+            dims = _batch_dims(model, device)
+            choose, penalty = decoding.chooser(), decoding.repetition_penalty
+            samples: dict[int, list[Sample]] = {}
+            for group in _prime(model, encoded, num_samples, dims, device):
+                seen = _seen_mask(encoded, group.rows, len(vocab), device) if penalty != 1.0 else None
+                tokens, logprobs = _run_streams(model, group, length, choose, penalty, seen, generator, on_step)
+                for row, s in zip(group.rows, _to_samples(prefixes, group.rows, tokens, logprobs, vocab)):
+                    samples.setdefault(row, []).append(s)
+            return [s for p in range(len(prefixes)) for s in samples[p]]
+    finally:
+        model.train(was_training)
+
+
+def beam_search(model, vocab, prefixes, length: int, num_beams: int, num_return: int = 1,
+                repetition_penalty: float = 1.0, device=None) -> list[Sample]:
+    """Keep the `num_beams` most probable continuations of each prefix, all prefixes in one batch.
+
+        step t:  K beams x V characters -> the K best (beam, character) pairs by total log-probability
+                 -> each new beam copies its parent's state and history, then reads its character
+
+    Returns the `num_return` best of each prefix, best first. Beam search finds a more probable
+    text than arg-max on most models, but (with a fixed width) it is not guaranteed to.
+    """
+    prefixes = [prefixes] if isinstance(prefixes, str) else list(prefixes)
+    K = num_beams
+    if K > len(vocab):
+        raise CharlmError(f"--num-beams {K} exceeds the vocabulary of {len(vocab)} characters")
+    if not 1 <= num_return <= K:
+        raise CharlmError(f"beam search returns at most --num-beams sequences per prefix: "
+                          f"--num-samples {num_return} with --num-beams {K}")
+    encoded = [encode_prefix(p, vocab) for p in prefixes]
+    if length == 0:
+        return [Sample(p, "", []) for p in prefixes for _ in range(num_return)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            device = device or next(model.parameters()).device
+            dims = _batch_dims(model, device)
+            samples: dict[int, list[Sample]] = {}
+            for group in _prime(model, encoded, K, dims, device):
+                P, V = len(group.rows) // K, len(vocab)
+                logits, state = group.logits, group.state  # (P*K, V)
+                seen = _seen_mask(encoded, group.rows, V, device) if repetition_penalty != 1.0 else None
+                scores = torch.zeros(P, K, device=device)
+                scores[:, 1:] = float("-inf")  # all K copies start equal: expand only the first at step 1
+                tokens = torch.empty(P * K, 0, dtype=torch.long, device=device)
+                logprobs = torch.empty(P * K, 0, dtype=torch.float32, device=device)
+                base = (torch.arange(P, device=device) * K)[:, None]  # (P, 1): first row of each prefix
+                for t in range(length):
+                    model_lp = logits.float().log_softmax(-1)  # (P*K, V)
+                    search_lp = (apply_repetition_penalty(logits, seen, repetition_penalty).float().log_softmax(-1)
+                                 if seen is not None else model_lp)
+                    cand = (scores.view(-1, 1) + search_lp).view(P, K * V)  # (P, K*V)
+                    scores, best = cand.topk(K, dim=1)  # (P, K), best first
+                    rows = (base + best // V).view(-1)  # (P*K,): the parent of each new beam
+                    chars = (best % V).view(-1)  # (P*K,)
+                    tokens = torch.cat([tokens[rows], chars[:, None]], 1)  # (P*K, t+1)
+                    logprobs = torch.cat([logprobs[rows], model_lp[rows, chars][:, None]], 1)
+                    if seen is not None:
+                        seen = seen[rows].scatter_(1, chars[:, None], True)
+                    if t + 1 < length:
+                        logits, state = model(chars[:, None], _select(state, dims, rows))  # (P*K, 1, V)
+                        logits = logits[:, -1]
+                keep = (base + torch.arange(num_return, device=device)).view(-1)  # beams are sorted best first
+                rows = [group.rows[i] for i in keep.tolist()]
+                for row, s in zip(rows, _to_samples(prefixes, rows, tokens[keep], logprobs[keep], vocab)):
+                    samples.setdefault(row, []).append(s)
+            return [s for p in range(len(prefixes)) for s in samples[p]]
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def score(model, vocab, prefix: str, text: str, device=None) -> list[float]:
+    """The model's log-probability of each character of `text` following `prefix` (teacher forcing)."""
+    if not text:
+        return []
+    was_training = model.training
+    model.eval()
+    try:
+        device = device or next(model.parameters()).device
+        idx = encode_prefix(prefix, vocab) + encode_prefix(text, vocab)
+        X = torch.tensor([idx[:-1]], device=device)  # (1, n-1)
+        logits, _ = model(X, model.begin_state(1, device))  # (1, n-1, vocab)
+        lp = logits[0, len(prefix) - 1:].float().log_softmax(-1)  # (len(text), vocab)
+        return lp.gather(1, torch.tensor(idx[len(prefix):], device=device)[:, None]).squeeze(1).tolist()
+    finally:
+        model.train(was_training)
+

@@ -7,18 +7,21 @@ and within-epoch progress to `progress(done, total)`, both supplied by the CLI.
 from __future__ import annotations
 
 import math
+import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .batches import carries_state, epoch_batches, num_batches
-from .checkpoint import save_checkpoint
+from .checkpoint import remove_stale_temporaries, save_checkpoint
 from .config import Config
 from .corpus import Corpus
 from .decoding import predict
+from .distributed import Group
 from .errors import CharlmError
 from .metrics import MetricsLog, perplexity
 from .models import build_model, detach_state
@@ -85,11 +88,21 @@ def evaluate(model, indices, device=None, chunk: int = 256) -> float:
         model.train(was_training)
 
 
-def train_epoch(model, batches, optimizer, clip: float, carry: bool, epoch: int, progress=None, total=None):
-    """One pass over the minibatches; returns (summed loss, characters seen)."""
-    state = None
-    loss_sum, n = 0.0, 0
+def train_epoch(model, batches, optimizer, clip: float, carry: bool, epoch: int, progress=None, total=None,
+                position: EpochPosition | None = None, should_stop=None):
+    """One pass over the minibatches; returns (summed loss, characters seen).
+
+    `position` (an EpochPosition) starts the pass part-way, as an interrupted run
+    left it, and is brought up to date after every step; the pass ends early,
+    between two minibatches, as soon as `should_stop()` is true.
+    """
+    position = position if position is not None else EpochPosition()
+    state = position.state
     for i, (X, Y) in enumerate(batches):
+        if i < position.batch:
+            continue  # done before the interrupt: the epoch's order is fixed by (seed, epoch), so skip exactly these
+        if should_stop is not None and should_stop():
+            break
         if state is None or not carry:
             state = model.begin_state(X.shape[0], X.device)  # random sampling: a fresh start each minibatch
         else:
@@ -98,17 +111,18 @@ def train_epoch(model, batches, optimizer, clip: float, carry: bool, epoch: int,
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), Y.reshape(-1))
         value = loss.item()
         if not math.isfinite(value):
-            raise NonFiniteLoss(f"the loss became {value} in epoch {epoch}; lower --lr or set a smaller --clip "
-                                "(the last good checkpoint is kept)")
+            raise NonFiniteLoss(f"the training loss became {value} in epoch {epoch} (minibatch {i + 1}): "
+                                + divergence_advice(optimizer.param_groups[0]["lr"], clip))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_clipping(model.parameters(), clip)
         optimizer.step()
-        loss_sum += value * Y.numel()
-        n += Y.numel()
+        position.loss_sum += value * Y.numel()
+        position.n += Y.numel()
+        position.batch, position.state = i + 1, detach_state(state) if carry else None
         if progress is not None:
             progress(i + 1, total)
-    return loss_sum, n
+    return position.loss_sum, position.n
 
 
 @dataclass
@@ -128,45 +142,104 @@ def _format_line(r: dict) -> str:
 
 
 def train(config: Config, corpus: Corpus, run_dir: str | Path, *, resume: dict | None = None,
-          log=lambda line: None, progress=None) -> TrainResult:
+          log=lambda line: None, progress=None, dist: Group | None = None, should_stop=None) -> TrainResult:
     """Train the model described by `config` on `corpus`, writing metrics and checkpoints into `run_dir`.
 
     With `resume` (a loaded last.pt), the model, optimizer, schedule, epoch and
-    random state continue exactly where that checkpoint stopped.
+    random state continue exactly where that checkpoint stopped. `dist` (from
+    `distributed.from_env()`) makes this process one rank of a torchrun run:
+    it trains on its share of each minibatch and only rank 0 logs and writes.
+    When `should_stop()` turns true (the CLI's Ctrl-C / SIGTERM handler), the
+    current state, mid-epoch included, is saved to last.pt and
+    TrainingInterrupted is raised.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    device = pick_device(config.device)
-    torch.manual_seed(config.seed)
+    dist = dist or Group()
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:  # only rank 0 prints and writes
+        log, progress = (lambda line: None), None
+    device = dist.start(pick_device(config.device))  # under torchrun: joins the process group, picks this rank's GPU
+    dist.check_same("corpus", corpus.fingerprint)
+    dist.check_same("configuration", config.to_dict())
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
     model = build_model(config, len(corpus.vocab)).to(device)
+    if hasattr(model, "fit_counts"):  # a model that learns (partly) by counting n-grams: kn, mix
+        if not any(p.requires_grad for p in model.parameters()):
+            if not dist.is_main:  # under torchrun nothing is shared out: rank 0 counts and writes alone
+                return TrainResult(run_dir)
+            return train_by_counting(config, corpus, model, run_dir, device, resume, log)
+        if resume is None:  # on resume the counts come back with the checkpoint's state_dict
+            model.fit_counts(corpus.train)
     optimizer = make_optimizer(config, model)
     scheduler = make_scheduler(config, optimizer)
     metrics_log = MetricsLog(run_dir / "metrics.jsonl")
     result = TrainResult(run_dir)
     bad_epochs, start = 0, 1
+    position = None  # a part-done epoch from an interrupted run, else each epoch starts at minibatch 0
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         if scheduler is not None and resume.get("scheduler"):
             scheduler.load_state_dict(resume["scheduler"])
-        torch.set_rng_state(resume["rng"]["torch"])
+        set_rng_state(resume["rng"])
+        if resume.get("partial"):
+            position = EpochPosition.from_dict(resume["partial"], device)
         result.metrics = list(resume["metrics"])
         result.best_val_ppl, result.best_epoch = resume["best_val_ppl"], resume["best_epoch"]
         bad_epochs, start = resume["bad_epochs"], resume["epoch"] + 1
-        metrics_log.truncate_to(result.metrics)
+        if dist.is_main:
+            metrics_log.truncate_to(result.metrics)
+    check_minibatch_fits(config, len(corpus.train))  # refuse before the first checkpoint is written
 
+    def snapshot(epoch: int, partial: dict | None = None) -> dict:
+        """The checkpoint payload: everything resume needs (`partial`: the position inside epoch + 1)."""
+        return {
+            "config": config.to_dict(), "vocab": corpus.vocab.idx_to_char,
+            "corpus": {"fingerprint": corpus.fingerprint, "source": corpus.source, "chars": len(corpus.text)},
+            "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "metrics": result.metrics, "best_val_ppl": result.best_val_ppl, "best_epoch": result.best_epoch,
+            "bad_epochs": bad_epochs, "rng": rng_state(), "partial": partial,
+        }
+
+    last = run_dir / "last.pt"
+    if dist.is_main:
+        remove_stale_temporaries(run_dir)  # left by a save that was killed half-way
+        if resume is None:
+            save_checkpoint(last, snapshot(0))  # from here on, a kill at any moment leaves a last.pt to resume
+    net = dist.wrap(model)  # DDP under torchrun (its forward averages gradients in backward); else the model itself
+    # Ranks must all stop at the same minibatch, so under torchrun an interrupt is only acted on between epochs.
+    mid_epoch_stop = None if dist.launched else should_stop
     carry = carries_state(config.sampler)
     total = num_batches(len(corpus.train), config)
     for epoch in range(start, config.epochs + 1):
-        began = time.perf_counter()
-        batches = epoch_batches(corpus.train, config, epoch, device)
-        loss_sum, n = train_epoch(model, batches, optimizer, config.clip, carry, epoch, progress, total)
+        position = position or EpochPosition()
+        began = time.perf_counter() - position.seconds
+        batches = (dist.shard(X, Y) for X, Y in epoch_batches(corpus.train, config, epoch, device))  # this rank's rows
+        try:
+            loss_sum, n = train_epoch(net, batches, optimizer, config.clip, carry, epoch, progress, total,
+                                      position, mid_epoch_stop)
+        except NonFiniteLoss as e:
+            raise NonFiniteLoss(f"{e}; the last good checkpoint {last} is unchanged") from None
+        if mid_epoch_stop is not None and mid_epoch_stop():
+            position.seconds = time.perf_counter() - began
+            save_checkpoint(last, snapshot(epoch - 1, position.to_dict(epoch)))
+            raise TrainingInterrupted(last, epoch, position.batch, total)
+        position = None
+        loss_sum, n = dist.all_reduce_sum(loss_sum, n)  # the whole minibatches, over all ranks
         seconds = time.perf_counter() - began
-        record = {"epoch": epoch, "train_ppl": perplexity(loss_sum, n), "val_ppl": evaluate(model, corpus.val, device),
+        val_ppl = dist.run_once(lambda: _or_inf(lambda: evaluate(model, corpus.val, device)))  # rank 0 validates
+        record = {"epoch": epoch, "train_ppl": _or_inf(lambda: perplexity(loss_sum, n)), "val_ppl": val_ppl,
                   "seconds": round(seconds, 4), "chars_per_sec": round(n / seconds, 1),
                   "lr": optimizer.param_groups[0]["lr"]}
+        if not (math.isfinite(record["train_ppl"]) and math.isfinite(val_ppl)):
+            raise NonFiniteLoss(f"the perplexity became infinite or NaN in epoch {epoch}: "
+                                f"{divergence_advice(optimizer.param_groups[0]['lr'], config.clip)}; "
+                                f"the last good checkpoint {last} is unchanged")
         result.metrics.append(record)
-        metrics_log.append(record)
+        if dist.is_main:
+            metrics_log.append(record)
         log(_format_line(record))
 
         improved = record["val_ppl"] < result.best_val_ppl
@@ -179,19 +252,13 @@ def train(config: Config, corpus: Corpus, run_dir: str | Path, *, resume: dict |
         elif scheduler is not None:
             scheduler.step()
 
-        payload = {
-            "config": config.to_dict(), "vocab": corpus.vocab.idx_to_char,
-            "corpus": {"fingerprint": corpus.fingerprint, "source": corpus.source, "chars": len(corpus.text)},
-            "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "metrics": result.metrics, "best_val_ppl": result.best_val_ppl, "best_epoch": result.best_epoch,
-            "bad_epochs": bad_epochs, "rng": {"torch": torch.get_rng_state()},
-        }
-        save_checkpoint(run_dir / "last.pt", payload)
-        if improved:
-            save_checkpoint(run_dir / "best.pt", payload)
+        payload = snapshot(epoch)
+        if dist.is_main:
+            save_checkpoint(last, payload)
+            if improved:
+                save_checkpoint(run_dir / "best.pt", payload)
 
-        if config.pred_every and (epoch % config.pred_every == 0 or epoch == config.epochs):
+        if dist.is_main and config.pred_every and (epoch % config.pred_every == 0 or epoch == config.epochs):
             for prefix in config.prefixes:
                 if not corpus.vocab.unknown(prefix) and prefix:
                     log(" -> " + predict(prefix, config.pred_len, model, corpus.vocab, device).replace("\n", " / "))
@@ -200,6 +267,40 @@ def train(config: Config, corpus: Corpus, run_dir: str | Path, *, resume: dict |
                 f"(best {result.best_val_ppl:.3f} at epoch {result.best_epoch})")
             result.stopped_early = True
             break
+        if should_stop is not None and epoch < config.epochs and dist.all_reduce_sum(int(should_stop()))[0]:
+            raise TrainingInterrupted(last, epoch, None, total)  # between epochs: last.pt was just written
+    dist.close()  # under torchrun: all ranks leave the process group together, once rank 0 has written
+    return result
+
+
+def train_by_counting(config: Config, corpus: Corpus, model, run_dir: Path, device, resume, log) -> TrainResult:
+    """Fit a model with nothing to learn by gradient (kn) by one count of the training text.
+
+    The count is its only epoch: one metrics.jsonl line and the usual checkpoints, no optimizer.
+    """
+    if resume is not None:
+        raise CharlmError(f"a {config.model} run is complete after its one counting pass; there is nothing to resume")
+    began = time.perf_counter()
+    model.fit_counts(corpus.train)
+    seconds = max(time.perf_counter() - began, 1e-9)
+    record = {"epoch": 1, "train_ppl": evaluate(model, corpus.train, device), "val_ppl": evaluate(model, corpus.val, device),
+              "seconds": round(seconds, 4), "chars_per_sec": round(len(corpus.train) / seconds, 1), "lr": 0.0}
+    result = TrainResult(run_dir, [record], record["val_ppl"], 1)
+    MetricsLog(run_dir / "metrics.jsonl").append(record)
+    log(_format_line(record))
+    payload = {
+        "config": config.to_dict(), "vocab": corpus.vocab.idx_to_char,
+        "corpus": {"fingerprint": corpus.fingerprint, "source": corpus.source, "chars": len(corpus.text)},
+        "epoch": 1, "model": model.state_dict(), "optimizer": None, "scheduler": None,
+        "metrics": result.metrics, "best_val_ppl": result.best_val_ppl, "best_epoch": 1,
+        "bad_epochs": 0, "rng": {"torch": torch.get_rng_state()},
+    }
+    save_checkpoint(run_dir / "last.pt", payload)
+    save_checkpoint(run_dir / "best.pt", payload)
+    if config.pred_every:
+        for prefix in config.prefixes:
+            if prefix and not corpus.vocab.unknown(prefix):
+                log(" -> " + predict(prefix, config.pred_len, model, corpus.vocab, device).replace("\n", " / "))
     return result
 
 
@@ -211,10 +312,119 @@ def resume_config(saved: Config, requested: Config, explicit: set[str]) -> Confi
 
     Any other explicitly given flag that differs from the saved run is refused.
     """
+    flag = {f.name: f.metadata.get("flag") or "--" + f.name.replace("_", "-") for f in fields(Config)}
     differs = [name for name in explicit if name not in RESUMABLE + ("resume", "out", "preset")
                and getattr(requested, name, None) != getattr(saved, name, None)]
     if differs:
-        details = ", ".join(f"--{n.replace('_', '-')} {getattr(saved, n)!r} -> {getattr(requested, n)!r}" for n in sorted(differs))
+        details = ", ".join(f"{flag[n]} was {getattr(saved, n)!r}, now {getattr(requested, n)!r}" for n in sorted(differs))
         raise CharlmError(f"cannot resume with different settings ({details}); only "
-                          f"{', '.join('--' + n.replace('_', '-') for n in RESUMABLE)} may change")
+                          f"{', '.join(flag[n] for n in RESUMABLE)} may change on resume")
+    if saved.lr_schedule == "cosine" and "epochs" in explicit and requested.epochs != saved.epochs:
+        raise CharlmError(f"--epochs cannot change on resume with --lr-schedule cosine (the schedule was laid out "
+                          f"over {saved.epochs} epochs); resume without --epochs")
     return replace(saved, **{n: getattr(requested, n) for n in RESUMABLE if n in explicit})
+
+
+# --- interrupts and exact resume -------------------------------------------------------------------
+
+class TrainingInterrupted(Exception):
+    """Training stopped on request (Ctrl-C, SIGTERM) after saving the current state to `path`.
+
+    `batch` is how many minibatches of `epoch` were done (None: stopped between epochs, after `epoch`).
+    """
+
+    def __init__(self, path: Path, epoch: int, batch: int | None, total: int):
+        where = f"after epoch {epoch}" if batch is None else f"in epoch {epoch} after minibatch {batch} of {total}"
+        super().__init__(f"interrupted {where}; the state is saved in {path}")
+        self.path, self.epoch, self.batch, self.total = Path(path), epoch, batch, total
+
+
+@dataclass
+class EpochPosition:
+    """How far an epoch has got; an interrupt saves it in last.pt so that resume continues mid-epoch exactly."""
+
+    batch: int = 0  # minibatches finished
+    state: object = None  # hidden state after the last finished minibatch (consecutive sampler), else None
+    loss_sum: float = 0.0  # summed training loss of the finished minibatches
+    n: int = 0  # characters they predicted
+    seconds: float = 0.0  # training time spent in this epoch so far
+
+    def to_dict(self, epoch: int) -> dict:
+        return {"epoch": epoch, "batch": self.batch, "state": _state_to(self.state, "cpu"),
+                "loss_sum": self.loss_sum, "n": self.n, "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, saved: dict, device) -> "EpochPosition":
+        return cls(saved["batch"], _state_to(saved["state"], device), saved["loss_sum"], saved["n"], saved["seconds"])
+
+
+def _state_to(state, device):
+    """A hidden state (a tensor, a tuple of them, or None) moved to `device`."""
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return state.detach().to(device)
+    return tuple(_state_to(s, device) for s in state)
+
+
+def rng_state() -> dict:
+    """Every random generator a run may draw from (torch, CUDA, numpy's and Python's global ones), checkpoint-safe."""
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        # numpy's own dict holds an ndarray, which weights_only loading refuses: keep the key as a tensor
+        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)), "pos": np_state["state"]["pos"],
+                  "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"]},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(saved: dict) -> None:
+    """Restore what `rng_state()` saved (a checkpoint from before charlm saved numpy and Python has torch only)."""
+    torch.set_rng_state(saved["torch"])
+    if "python" in saved:
+        version, internal, gauss = saved["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in saved:
+        s = saved["numpy"]
+        np.random.set_state({"bit_generator": "MT19937", "state": {"key": s["key"].numpy().astype(np.uint32), "pos": s["pos"]},
+                             "has_gauss": s["has_gauss"], "gauss": s["gauss"]})
+    if "cuda" in saved and torch.cuda.is_available() and len(saved["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(saved["cuda"])
+
+
+def _or_inf(compute) -> float:
+    """`compute()`, or infinity when a diverged model's mean loss (above ~709 nats) overflows math.exp in it."""
+    try:
+        return compute()
+    except OverflowError:
+        return math.inf
+
+
+def divergence_advice(lr: float, clip: float) -> str:
+    """What to try after a NaN or infinite loss."""
+    clip_hint = "turn gradient clipping on with --clip 1" if not clip else f"clip harder with a smaller --clip (now {clip:g})"
+    return f"training diverged; train again with a lower --lr (now {lr:g}) or {clip_hint}"
+
+
+def check_minibatch_fits(config: Config, n_train: int) -> None:
+    """Refuse a training text too short for one whole minibatch (an epoch would have none)."""
+    if num_batches(n_train, config) < 1:
+        raise CharlmError(f"the training text ({n_train} characters once validation is held out) is "
+                          f"shorter than one minibatch of --batch-size {config.batch_size} x --num-steps "
+                          f"{config.num_steps}{' (plus --random-offset)' if config.random_offset else ''}; "
+                          "lower them or use a longer text")
+
+
+RESUME_KEYS = ("epoch", "optimizer", "scheduler", "metrics", "best_val_ppl", "best_epoch", "bad_epochs", "rng", "corpus")
+
+
+def check_resumable(payload: dict, path) -> None:
+    """Refuse a checkpoint that lacks what `train(resume=...)` needs, saying what is missing."""
+    missing = [key for key in RESUME_KEYS if key not in payload]
+    if missing:
+        raise CharlmError(f"{path} cannot be resumed: it lacks {', '.join(missing)} "
+                          "(not a last.pt written by charlm train); start a new run instead")

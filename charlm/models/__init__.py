@@ -10,12 +10,22 @@ from __future__ import annotations
 import torch
 
 from ..errors import CharlmError
-from .rnn_nn import RNNModel
+from .gru_scratch import GRUScratch
+from .lstm_scratch import LSTMScratch
+from .recurrent_nn import GRUModel, LSTMModel, RNNModel
 from .rnn_scratch import RNNScratch
+from .kn import KNModel
+from .mixture import MixtureModel
 
 MODELS = {
     "rnn-scratch": RNNScratch,
+    "gru-scratch": GRUScratch,
+    "lstm-scratch": LSTMScratch,
     "rnn": RNNModel,
+    "gru": GRUModel,
+    "lstm": LSTMModel,
+    "kn": KNModel,
+    "mix": MixtureModel,
 }
 
 

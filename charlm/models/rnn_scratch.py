@@ -7,11 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..vocab import to_onehot
-
-
-def _one(*shape) -> nn.Parameter:
-    # the textbook's initialisation: small normal weights
-    return nn.Parameter(torch.randn(*shape) * 0.01)
+from .scratch_common import check_scratch_config, normal, zeros
 
 
 class RNNScratch(nn.Module):
@@ -21,20 +17,22 @@ class RNNScratch(nn.Module):
     a one-hot matrix by W_xh at every step; the default path looks the rows up
     (a one-hot product *is* a row lookup) for all steps at once and applies the
     output layer to all steps in one product, leaving only H W_hh in the loop.
+    `dropout` acts on H_t before the output layer, in training mode only.
     """
 
-    def __init__(self, vocab_size: int, hidden_size: int, onehot: bool = False):
+    def __init__(self, vocab_size: int, hidden_size: int, onehot: bool = False, dropout: float = 0.0):
         super().__init__()
-        self.vocab_size, self.hidden_size, self.onehot = vocab_size, hidden_size, onehot
-        self.W_xh = _one(vocab_size, hidden_size)
-        self.W_hh = _one(hidden_size, hidden_size)
-        self.b_h = nn.Parameter(torch.zeros(hidden_size))
-        self.W_hq = _one(hidden_size, vocab_size)
-        self.b_q = nn.Parameter(torch.zeros(vocab_size))
+        self.vocab_size, self.hidden_size, self.onehot, self.dropout = vocab_size, hidden_size, onehot, dropout
+        self.W_xh = normal(vocab_size, hidden_size)
+        self.W_hh = normal(hidden_size, hidden_size)
+        self.b_h = zeros(hidden_size)
+        self.W_hq = normal(hidden_size, vocab_size)
+        self.b_q = zeros(vocab_size)
 
     @classmethod
     def from_config(cls, config, vocab_size: int) -> "RNNScratch":
-        return cls(vocab_size, config.hidden, onehot=config.onehot)
+        check_scratch_config(config, "rnn-scratch")
+        return cls(vocab_size, config.hidden, onehot=config.onehot, dropout=config.dropout)
 
     def begin_state(self, batch_size: int, device=None) -> torch.Tensor:
         return torch.zeros(batch_size, self.hidden_size, dtype=self.W_hh.dtype, device=device or self.W_hh.device)
@@ -48,13 +46,13 @@ class RNNScratch(nn.Module):
         for t in range(X.shape[1]):
             H = torch.tanh(XW[:, t] + H @ self.W_hh)  # (batch, hidden)
             hs.append(H)
-        logits = torch.stack(hs, 1) @ self.W_hq + self.b_q  # (batch, steps, vocab)
-        return logits, H
+        Hs = F.dropout(torch.stack(hs, 1), self.dropout, self.training)  # (batch, steps, hidden)
+        return Hs @ self.W_hq + self.b_q, H  # (batch, steps, vocab)
 
     def _forward_textbook(self, X, state):
         H = state
         outputs = []
         for x in to_onehot(X, self.vocab_size, self.W_xh.dtype):  # x: (batch, vocab)
             H = torch.tanh(x @ self.W_xh + H @ self.W_hh + self.b_h)
-            outputs.append(H @ self.W_hq + self.b_q)
+            outputs.append(F.dropout(H, self.dropout, self.training) @ self.W_hq + self.b_q)
         return torch.stack(outputs, 1), H

@@ -1,0 +1,158 @@
+"""What `charlm evaluate` measures: perplexity on a text, and per decoding setting how varied its samples are
+and how much of them is copied verbatim from the training text ("creative versus memorised").
+
+Nothing here prints: the functions return numbers and rows, `markdown_table` returns a string,
+and the CLI writes them out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from .corpus import Corpus, load_corpus, prepare_text, read_text
+from .decoding import Decoding, drop_unknown, encode_prefix, generate
+from .errors import CharlmError
+from .quality import CopyIndex, sample_report
+from .trainer import evaluate as carried_perplexity
+
+DEFAULT_DECODINGS = "greedy,temperature=0.8,top_k=5,top_p=0.9,num_beams=4"
+DEFAULT_PREFIXES = ("分开", "不分开")
+MIN_COPY = 8  # a copied span this long or longer counts as memorised
+
+# (row key, table header, format): the markdown table shows these, in this order
+COLUMNS = (
+    ("decoding", "decoding", "{}"),
+    ("samples", "samples", "{}"),
+    ("distinct_1", "distinct-1", "{:.3f}"),
+    ("distinct_2", "distinct-2", "{:.3f}"),
+    ("distinct_3", "distinct-3", "{:.3f}"),
+    ("repeat_4", "repeated 4-grams", "{:.3f}"),
+    ("longest_copy", "longest copy", "{}"),
+    ("copied_fraction", f"copied (spans ≥{MIN_COPY})", "{:.3f}"),
+    ("mean_logprob", "log-prob/char", "{:.3f}"),
+)
+
+
+def training_corpus(payload: dict, corpus_path: str | None = None) -> Corpus:
+    """The corpus a checkpoint was trained on (its train and validation text), checked by fingerprint.
+
+    `corpus_path` points to the file when it has moved since training.
+    """
+    from .config import Config
+
+    config = Config.from_dict(payload["config"])
+    if corpus_path:
+        config = replace(config, corpus=corpus_path)
+    corpus = load_corpus(config)
+    saved = payload.get("corpus", {})
+    if saved.get("fingerprint") and corpus.fingerprint != saved["fingerprint"]:
+        raise CharlmError(f"{corpus.source} is not the text this model was trained on (fingerprint {corpus.fingerprint}, "
+                          f"trained on {saved.get('source')}, fingerprint {saved['fingerprint']}); "
+                          "point --corpus to the training file")
+    return corpus
+
+
+def text_indices(text: str, vocab, unknown: str = "error") -> tuple[np.ndarray, int]:
+    """Indices of `text` and how many characters were dropped.
+
+    Characters outside the vocabulary are an error listing them (`unknown='error'`), or are
+    removed and counted (`unknown='skip'`).
+    """
+    missing = vocab.unknown(text)
+    if missing:
+        if unknown != "skip":
+            shown = " ".join(repr(c) for c in missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+            raise CharlmError(f"the text has {len(missing)} distinct characters outside the model's vocabulary: {shown} "
+                              "(skip them with --unknown skip)")
+        kept, _ = drop_unknown(text, vocab)
+        return vocab.encode(kept), len(text) - len(kept)
+    return vocab.encode(text), 0
+
+
+def perplexity_on(model, indices, device=None) -> float:
+    """Perplexity of the model on one index stream, the hidden state carried over the whole text."""
+    if len(indices) < 2:
+        raise CharlmError(f"the text has {len(indices)} usable characters; perplexity needs at least 2")
+    return carried_perplexity(model, indices, device)
+
+
+def decoding_rows(model, vocab, training_text: str | CopyIndex, decodings: list[Decoding], prefixes, num_samples: int,
+                  length: int, seed: int = 0, device=None, min_copy: int = MIN_COPY) -> list[dict]:
+    """One row of sample-quality measures per decoding setting.
+
+    Each sampling setting draws `num_samples` continuations of `length` characters per prefix (all
+    in one batch, its own generator seeded with `seed`, so rows do not depend on their order);
+    greedy and beam search are deterministic, so they give one continuation per prefix. Only the
+    continuation is measured: the prefix is copied from the training text on purpose.
+    """
+    copy_index = training_text if isinstance(training_text, CopyIndex) else CopyIndex(training_text)
+    device = device or next(model.parameters()).device
+    prefixes = list(prefixes)
+    for p in prefixes:
+        encode_prefix(p, vocab)
+    rows = []
+    for decoding in decodings:
+        generator = torch.Generator(device=device).manual_seed(seed)
+        n = 1 if decoding.deterministic else num_samples
+        samples = generate(model, vocab, prefixes, length, decoding, n, generator, device)
+        texts = [s.text for s in samples]
+        chars = sum(len(s.logprobs) for s in samples)
+        row = {"decoding": decoding.label(), "samples": len(samples)}
+        row.update(sample_report(texts, copy_index, min_copy))
+        row["mean_logprob"] = sum(s.logprob for s in samples) / chars if chars else float("nan")
+        row["example"] = {"prefix": samples[0].prefix, "text": samples[0].text}
+        rows.append(row)
+    return rows
+
+
+def evaluate_model(model, vocab, payload: dict, *, text_path: str | None = None, corpus_path: str | None = None,
+                   unknown: str = "error", decodings: list[Decoding], prefixes=DEFAULT_PREFIXES, num_samples: int = 8,
+                   length: int = 100, seed: int = 0, device=None, warn=lambda line: None) -> dict:
+    """Everything `charlm evaluate` reports for a loaded checkpoint, as one JSON-ready dict.
+
+    Perplexity is measured on `text_path` (read and prepared as the training text was) or, by
+    default, on the checkpoint's own validation text; copies are looked up in its training text.
+    With `unknown='skip'`, characters outside the vocabulary are dropped (and `warn` is told).
+    """
+    from .config import Config
+
+    corpus = training_corpus(payload, corpus_path)
+    if text_path:
+        config = Config.from_dict(payload["config"])
+        text = prepare_text(read_text(text_path, None, config.encoding), config.newlines)
+        indices, skipped = text_indices(text, vocab, unknown)
+        if skipped:
+            warn(f"skipped {skipped:,} characters of {text_path} that are not in the model's vocabulary")
+        source = f"text {text_path}"
+    else:
+        indices, skipped, source = corpus.val, 0, f"validation text of {corpus.source}"
+    kept = []
+    for prefix in prefixes:
+        if unknown == "skip":
+            cleaned, dropped = drop_unknown(prefix, vocab)
+            if not cleaned:
+                raise CharlmError(f"nothing is left of prefix {prefix!r} once its unknown characters are dropped")
+            if dropped:
+                warn(f"dropped {' '.join(map(repr, dropped))} from prefix {prefix!r}: not in the model's vocabulary")
+            prefix = cleaned
+        kept.append(prefix)
+    rows = decoding_rows(model, vocab, corpus.train_text, decodings, kept, num_samples, length, seed, device)
+    return {
+        "perplexity": {"value": perplexity_on(model, indices, device), "text": source,
+                       "characters": int(len(indices)), "skipped": skipped},
+        "settings": {"prefixes": kept, "samples": num_samples, "length": length, "seed": seed,
+                     "min_copy": MIN_COPY, "training_chars": len(corpus.train_text)},
+        "rows": rows,
+    }
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The rows as a GitHub-flavoured markdown table (the `example` field is left out)."""
+    lines = ["| " + " | ".join(h for _, h, _ in COLUMNS) + " |",
+             "|" + "|".join("---" if k == "decoding" else "---:" for k, _, _ in COLUMNS) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(fmt.format(row[k]) for k, _, fmt in COLUMNS) + " |")
+    return "\n".join(lines)
