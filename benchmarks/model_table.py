@@ -1,6 +1,6 @@
 """The issue's acceptance table: one short run per model family plus `--preset best`, as a markdown table.
 
-    python benchmarks/model_table.py                      # all rows, default corpus, ~20 minutes on 2 cores
+    python benchmarks/model_table.py                      # all rows, default corpus (minutes: see docs/baseline.md)
     python benchmarks/model_table.py --rows kn,best       # only some rows
 
 Every family runs on the default corpus (newlines kept, the last 10% held
@@ -45,8 +45,10 @@ def row_config(row: str, epochs: int, patience: int, corpus: str | None) -> Conf
 def describe_params(model) -> str:
     """Trainable parameters, and for n-gram parts the number of stored counts."""
     counts = sum(int(t.shape[0]) for m in model.modules() if isinstance(m, KNModel) for t in m.kn.state_dict()["tables"])
-    text = f"{count_parameters(model):,}"
-    return text + (f" + {counts:,} n-gram counts" if counts else "")
+    n = count_parameters(model)
+    if not counts:
+        return f"{n:,}"
+    return f"{n:,} + {counts:,} n-gram counts" if n else f"{counts:,} n-gram counts"
 
 
 def run_row(row: str, config: Config, corpus, out: Path) -> dict:
@@ -81,7 +83,7 @@ def markdown(records: list[dict]) -> str:
              "|---|---|---:|---:|---:|---:|"]
     for r in records:
         epoch = f"{r['epoch']} of {r['epochs_run']}"
-        lines.append(f"| {label(r)} | {r['params']} | {r['best']:.1f} | {epoch} | {r['minutes']:.1f} | {r['load']:.1f} |")
+        lines.append(f"| {label(r)} | {r['params']} | {r['best']:.1f} | {epoch} | {r['minutes']:.2f} | {r['load']:.1f} |")
     return "\n".join(lines)
 
 
@@ -89,8 +91,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default=",".join(FAMILIES + ("best",)),
                         help="Comma list of rows: any of %(default)s.")
-    parser.add_argument("--epochs", type=int, default=6, help="Epoch budget of each family row (default %(default)s).")
-    parser.add_argument("--patience", type=int, default=2,
+    parser.add_argument("--epochs", type=int, default=20, help="Epoch budget of each family row (default %(default)s).")
+    parser.add_argument("--patience", type=int, default=3,
                         help="Stop a family row after this many epochs without improvement (default %(default)s).")
     parser.add_argument("--corpus", default=None, help="Corpus file (default: the Jay Chou lyrics).")
     parser.add_argument("--out", default="checkpoints/model-table", help="Where the runs go (default %(default)s).")

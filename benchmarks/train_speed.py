@@ -53,9 +53,9 @@ from charlm.trainer import grad_clipping, make_optimizer, pick_device  # noqa: E
 class ScratchKernel(nn.Module):
     """An RNNScratch's parameters run through tanh_recurrence (lookup, kernel, one output product)."""
 
-    def __init__(self, model):
+    def __init__(self, model, step_threads):
         super().__init__()
-        self.m = model
+        self.m, self.step_threads = model, step_threads
 
     def begin_state(self, batch_size, device=None):
         return self.m.begin_state(batch_size, device)
@@ -63,7 +63,7 @@ class ScratchKernel(nn.Module):
     def forward(self, X, state):
         m = self.m
         XW = F.embedding(X, m.W_xh) + m.b_h  # (B, T, H)
-        Hs, H = tanh_recurrence(XW, state, m.W_hh)  # (B, T, H), (B, H)
+        Hs, H = tanh_recurrence(XW, state, m.W_hh, self.step_threads)  # (B, T, H), (B, H)
         B, T, _ = Hs.shape
         logits = torch.addmm(m.b_q, Hs.reshape(B * T, -1), m.W_hq)  # (B*T, V)
         return logits.view(B, T, -1), H
@@ -72,9 +72,9 @@ class ScratchKernel(nn.Module):
 class NNKernel(nn.Module):
     """A one-layer nn.RNN model's parameters run through tanh_recurrence."""
 
-    def __init__(self, model):
+    def __init__(self, model, step_threads):
         super().__init__()
-        self.m = model
+        self.m, self.step_threads = model, step_threads
 
     def begin_state(self, batch_size, device=None):
         return self.m.begin_state(batch_size, device)
@@ -82,20 +82,20 @@ class NNKernel(nn.Module):
     def forward(self, X, state):
         rnn, dense = self.m.rnn, self.m.dense
         XW = F.embedding(X, rnn.weight_ih_l0.t()) + (rnn.bias_ih_l0 + rnn.bias_hh_l0)  # (B, T, H)
-        Hs, H = tanh_recurrence(XW, state[0], rnn.weight_hh_l0.t())
+        Hs, H = tanh_recurrence(XW, state[0], rnn.weight_hh_l0.t(), self.step_threads)
         B, T, _ = Hs.shape
         logits = F.linear(Hs.reshape(B * T, -1), dense.weight, dense.bias)  # (B*T, V)
         return logits.view(B, T, -1), H.unsqueeze(0)
 
 
-def make_variant(name: str, config: Config, vocab_size: int, device):
+def make_variant(name: str, config: Config, vocab_size: int, device, step_threads=1):
     """(model, optimizer) for a variant name such as 'rnn-scratch textbook' or 'rnn +kernel'."""
     model_name, path = name.split(" ", 1)
     torch.manual_seed(config.seed)
     model = build_model(Config(**{**config.to_dict(), "model": model_name, "onehot": path == "textbook"}), vocab_size)
     model = model.to(device)
     if path == "+kernel":
-        model = ScratchKernel(model) if model_name == "rnn-scratch" else NNKernel(model)
+        model = (ScratchKernel if model_name == "rnn-scratch" else NNKernel)(model, step_threads)
     elif path == "compiled":
         model.forward = torch.compile(model.forward)
     return model, make_optimizer(config, model)
@@ -177,6 +177,7 @@ def main(argv=None):
     parser.add_argument("--compile", action="store_true", help="also time torch.compile on the fast path")
     parser.add_argument("--models", default="rnn-scratch,rnn")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--step-threads", type=int, default=1, help="+kernel: CPU threads in the per-step loop; 0: all")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -200,7 +201,7 @@ def main(argv=None):
         names += [f"{model_name} textbook", f"{model_name} fast", f"{model_name} +kernel"]
         if args.compile:
             names.append(f"{model_name} compiled")
-    variants = {name: make_variant(name, config, V, device) for name in names}
+    variants = {name: make_variant(name, config, V, device, args.step_threads or None) for name in names}
     batches = minibatches(corpus.train, config, args.batches, device)
     rates = {name: [] for name in names}
     states = dict.fromkeys(names)

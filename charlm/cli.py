@@ -223,7 +223,7 @@ class StopOnSignal:
 def train_command(ctx, resume, **values):
     """Train a character-level model; print perplexity every epoch and save checkpoints."""
     from . import distributed
-    from .checkpoint import CheckpointWriteError, find_checkpoint, load_checkpoint
+    from .checkpoint import CheckpointWriteError, load_checkpoint
     from .corpus import load_corpus
     from .models import count_parameters, build_model
     from .trainer import TrainingInterrupted, check_resumable, resume_config, train
@@ -269,14 +269,15 @@ def train_command(ctx, resume, **values):
             if corpus.vocab.unknown(prefix):
                 raise CharlmError(f"--prefix {prefix!r} has characters that never occur in the corpus: "
                                   f"{' '.join(corpus.vocab.unknown(prefix))}; choose a prefix from the text")
+    n_params = count_parameters(build_model(config, len(corpus.vocab)))  # refuses bad model flags before any write
     if group.is_main:  # only rank 0 writes the run directory
         _prepare_run_dir(run_dir, resuming=payload is not None)
 
-    n_params = count_parameters(build_model(config, len(corpus.vocab)))
     click.echo(f"corpus {corpus.source}: {len(corpus.text):,} characters ({len(corpus.train):,} train, "
                f"{len(corpus.val):,} validation), vocabulary {len(corpus.vocab):,}")
-    click.echo(f"model {config.model}: {n_params:,} parameters, hidden {config.hidden}; sampler {config.sampler}, "
-               f"{config.optimizer} lr {config.lr:g}, clip {config.clip:g}; run directory {run_dir}"
+    learns = (f"{n_params:,} parameters, hidden {config.hidden}; sampler {config.sampler}, "
+              f"{config.optimizer} lr {config.lr:g}, clip {config.clip:g}") if n_params else f"order {config.order}, fitted by counting"
+    click.echo(f"model {config.model}: {learns}; run directory {run_dir}"
                + (f" (resuming after epoch {payload['epoch']})" if payload else ""))
     resume_command = f"charlm train --resume {shlex.quote(str(run_dir))}"
     stop = StopOnSignal()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .encode_cache import corpus_key, load_encoded
+from .encode_cache import corpus_key, load_encoded, sha256_file
 from .errors import CharlmError
 from .vocab import Vocab
 
@@ -27,14 +27,6 @@ DEFAULT_SHA256 = "3cfedd7d174111cdad5a27eaffaa6a2432a2842cf2590a03dd8a97610ea070
 # The d2l-zh project's public copy, pinned to one commit; checked against DEFAULT_SHA256.
 DEFAULT_URL = ("https://raw.githubusercontent.com/d2l-ai/d2l-zh/"
                "89403b9792861d86a0f1735cdd4a3d60c423f5a2/data/jaychou_lyrics.txt.zip")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _download_default(dest: Path) -> Path:

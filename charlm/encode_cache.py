@@ -172,7 +172,8 @@ def cache_dir() -> Path | None:
     return None
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The hex SHA-256 of a file, read in 1 MB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -210,7 +211,7 @@ def corpus_key(path: str | Path, config) -> CacheKey | None:
         st = os.stat(path)
         if not os.path.isfile(path):
             return None
-        return CacheKey(str(path.resolve()), st.st_size, st.st_mtime_ns, _sha256_file(path), options)
+        return CacheKey(str(path.resolve()), st.st_size, st.st_mtime_ns, sha256_file(path), options)
     except OSError:
         return None
 

@@ -194,14 +194,7 @@ def train(config: Config, corpus: Corpus, run_dir: str | Path, *, resume: dict |
 
     def snapshot(epoch: int, partial: dict | None = None) -> dict:
         """The checkpoint payload: everything resume needs (`partial`: the position inside epoch + 1)."""
-        return {
-            "config": config.to_dict(), "vocab": corpus.vocab.idx_to_char,
-            "corpus": {"fingerprint": corpus.fingerprint, "source": corpus.source, "chars": len(corpus.text)},
-            "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "metrics": result.metrics, "best_val_ppl": result.best_val_ppl, "best_epoch": result.best_epoch,
-            "bad_epochs": bad_epochs, "rng": rng_state(), "partial": partial,
-        }
+        return checkpoint_payload(config, corpus, model, epoch, result, optimizer, scheduler, bad_epochs, partial)
 
     last = run_dir / "last.pt"
     if dist.is_main:
@@ -259,9 +252,7 @@ def train(config: Config, corpus: Corpus, run_dir: str | Path, *, resume: dict |
                 save_checkpoint(run_dir / "best.pt", payload)
 
         if dist.is_main and config.pred_every and (epoch % config.pred_every == 0 or epoch == config.epochs):
-            for prefix in config.prefixes:
-                if not corpus.vocab.unknown(prefix) and prefix:
-                    log(" -> " + predict(prefix, config.pred_len, model, corpus.vocab, device).replace("\n", " / "))
+            log_predictions(config, model, corpus.vocab, device, log)
         if config.patience and bad_epochs >= config.patience:
             log(f"no better validation perplexity for {config.patience} epochs: stopping early "
                 f"(best {result.best_val_ppl:.3f} at epoch {result.best_epoch})")
@@ -278,8 +269,9 @@ def train_by_counting(config: Config, corpus: Corpus, model, run_dir: Path, devi
 
     The count is its only epoch: one metrics.jsonl line and the usual checkpoints, no optimizer.
     """
-    if resume is not None:
-        raise CharlmError(f"a {config.model} run is complete after its one counting pass; there is nothing to resume")
+    if resume is not None:  # counted already: nothing left to train (compare may resume any unfinished-looking run)
+        log(f"{config.model} is complete after its one counting pass; nothing to resume")
+        return TrainResult(run_dir, list(resume["metrics"]), resume["best_val_ppl"], resume["best_epoch"])
     began = time.perf_counter()
     model.fit_counts(corpus.train)
     seconds = max(time.perf_counter() - began, 1e-9)
@@ -288,20 +280,33 @@ def train_by_counting(config: Config, corpus: Corpus, model, run_dir: Path, devi
     result = TrainResult(run_dir, [record], record["val_ppl"], 1)
     MetricsLog(run_dir / "metrics.jsonl").append(record)
     log(_format_line(record))
-    payload = {
-        "config": config.to_dict(), "vocab": corpus.vocab.idx_to_char,
-        "corpus": {"fingerprint": corpus.fingerprint, "source": corpus.source, "chars": len(corpus.text)},
-        "epoch": 1, "model": model.state_dict(), "optimizer": None, "scheduler": None,
-        "metrics": result.metrics, "best_val_ppl": result.best_val_ppl, "best_epoch": 1,
-        "bad_epochs": 0, "rng": {"torch": torch.get_rng_state()},
-    }
+    payload = checkpoint_payload(config, corpus, model, 1, result)
     save_checkpoint(run_dir / "last.pt", payload)
     save_checkpoint(run_dir / "best.pt", payload)
     if config.pred_every:
-        for prefix in config.prefixes:
-            if prefix and not corpus.vocab.unknown(prefix):
-                log(" -> " + predict(prefix, config.pred_len, model, corpus.vocab, device).replace("\n", " / "))
+        log_predictions(config, model, corpus.vocab, device, log)
     return result
+
+
+def checkpoint_payload(config: Config, corpus: Corpus, model, epoch: int, result: TrainResult, optimizer=None,
+                       scheduler=None, bad_epochs: int = 0, partial: dict | None = None) -> dict:
+    """Everything a checkpoint holds: what generate needs (config, vocabulary, weights) and what resume needs."""
+    return {
+        "config": config.to_dict(), "vocab": corpus.vocab.idx_to_char,
+        "corpus": {"fingerprint": corpus.fingerprint, "source": corpus.source, "chars": len(corpus.text)},
+        "epoch": epoch, "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "metrics": result.metrics, "best_val_ppl": result.best_val_ppl, "best_epoch": result.best_epoch,
+        "bad_epochs": bad_epochs, "rng": rng_state(), "partial": partial,
+    }
+
+
+def log_predictions(config: Config, model, vocab, device, log) -> None:
+    """The progress continuation of each prefix (prefixes the vocabulary cannot spell are skipped)."""
+    for prefix in config.prefixes:
+        if prefix and not vocab.unknown(prefix):
+            log(" -> " + predict(prefix, config.pred_len, model, vocab, device).replace("\n", " / "))
 
 
 RESUMABLE = ("epochs", "patience", "pred_every", "pred_len", "prefixes", "device")

@@ -31,12 +31,8 @@ TRAIN = ["train", "--hidden", "8", "--batch-size", "4", "--num-steps", "6", "--p
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
-    """Run in a temporary directory (default run directories land there), on one thread."""
+    """Run in a temporary directory (default run directories land there)."""
     monkeypatch.chdir(tmp_path)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def cli(args, capsys) -> tuple[int, str, str]:

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from charlm.cli import cli
+from helpers import assert_one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--hidden", "16", "--num-steps", "8", "--batch-size", "4", "--epochs", "2", "--pred-every", "1",
@@ -18,13 +19,6 @@ def run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def test_train_then_generate(tmp_path, small_corpus):

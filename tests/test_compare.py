@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from charlm import trainer
 from charlm.cli import cli
+from helpers import assert_one_line_error
 from charlm.compare import Run, expand_grid, make_grid, run_key
 from charlm.config import Config
 from charlm.metrics import read_metrics
@@ -29,13 +30,6 @@ def run(*args):
     return CliRunner().invoke(cli, ["compare", *map(str, args)])
 
 
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def read_csv(path):

@@ -15,22 +15,13 @@ from charlm.evaluate import (COLUMNS, DEFAULT_DECODINGS, decoding_rows, evaluate
                              text_indices)
 from charlm.trainer import evaluate as carried_perplexity
 
-TEXT = ("分开 不分开 我想就这样牵着你的手不放开\n爱可不可以简简单单没有伤害\n"
-        "你靠着我的肩膀 你在我胸口睡着\n像这样的生活 我爱你 你爱我\n") * 6
+from conftest import LYRICS as TEXT
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tiny_run):
     """(run directory, corpus path) of an nn.RNN (hidden 16) trained 3 epochs through the CLI."""
-    tmp = tmp_path_factory.mktemp("eval")
-    corpus = tmp / "tiny.txt"
-    corpus.write_text(TEXT, encoding="utf-8")
-    out = tmp / "run"
-    result = CliRunner().invoke(cli, ["train", "--corpus", str(corpus), "--out", str(out), "--hidden", "16",
-                                      "--epochs", "3", "--num-steps", "8", "--batch-size", "4",
-                                      "--val-fraction", "0.2", "--pred-every", "0", "--device", "cpu"])
-    assert result.exit_code == 0, result.output
-    return out, corpus
+    return tiny_run
 
 
 def evaluate_cli(run_dir, *args):

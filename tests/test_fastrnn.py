@@ -92,3 +92,19 @@ def test_only_the_weights_need_gradients():
 def test_shapes_are_checked():
     with pytest.raises(ValueError, match="expects XW"):
         tanh_recurrence(torch.zeros(2, 3, 4), torch.zeros(2, 5), torch.zeros(4, 4))
+
+
+def test_step_threads_leave_the_thread_setting_and_the_result_alone():
+    before = torch.get_num_threads()
+    g = torch.Generator().manual_seed(6)
+    XW = torch.randn(3, 5, 4, generator=g, dtype=D, requires_grad=True)
+    H0 = torch.randn(3, 4, generator=g, dtype=D)
+    W = torch.randn(4, 4, generator=g, dtype=D, requires_grad=True)
+    grads = []
+    for threads in (1, None, before + 1):
+        Hs, HT = tanh_recurrence(XW, H0, W, step_threads=threads)
+        assert torch.get_num_threads() == before
+        grads.append(torch.autograd.grad((Hs.sum() + HT.sum()), (XW, W)))
+        assert torch.get_num_threads() == before
+    for other in grads[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(grads[0], other))

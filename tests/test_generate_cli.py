@@ -6,23 +6,13 @@ import pytest
 from click.testing import CliRunner
 
 from charlm.cli import cli
-
-TEXT = ("分开 不分开 我想就这样牵着你的手不放开\n爱可不可以简简单单没有伤害\n"
-        "你靠着我的肩膀 你在我胸口睡着\n像这样的生活 我爱你 你爱我\n") * 6
+from helpers import assert_one_line_error as one_line_error
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tiny_run):
     """A run directory holding an nn.RNN (hidden 16) trained 3 epochs through the CLI."""
-    tmp = tmp_path_factory.mktemp("gen")
-    corpus = tmp / "tiny.txt"
-    corpus.write_text(TEXT, encoding="utf-8")
-    out = tmp / "run"
-    result = CliRunner().invoke(cli, ["train", "--corpus", str(corpus), "--out", str(out), "--hidden", "16",
-                                      "--epochs", "3", "--num-steps", "8", "--batch-size", "4",
-                                      "--val-fraction", "0.2", "--pred-every", "0", "--device", "cpu"])
-    assert result.exit_code == 0, result.output
-    return out
+    return tiny_run[0]
 
 
 def gen(run_dir, *args, input=None):
@@ -35,13 +25,6 @@ def ok(result):
     return result.stdout
 
 
-def one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def test_one_sample_is_the_text_alone(run_dir):

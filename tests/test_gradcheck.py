@@ -9,13 +9,6 @@ from charlm.models import GRUScratch, LSTMScratch, RNNScratch
 V, H, B, T = 5, 3, 2, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy 2-core machine threads wait on each other (10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _check(model, onehot):

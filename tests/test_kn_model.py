@@ -144,3 +144,13 @@ def test_order_below_one_is_one_line_error(tmp_path, small_corpus, order):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --order must be 1 or more"), result.stderr
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_resuming_a_counted_run_returns_its_result(tmp_path, small_corpus):
+    config = _config(small_corpus, tmp_path, order=3)
+    corpus = load_corpus(config)
+    first = train(config, corpus, tmp_path / "run")
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    again = train(config, corpus, tmp_path / "run", resume=load_checkpoint(tmp_path / "run" / "last.pt"))
+    assert again.best_val_ppl == first.best_val_ppl and again.metrics == first.metrics
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before  # no second line

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from charlm.checkpoint import load_checkpoint, model_from_checkpoint
 from charlm.cli import cli
-from charlm.config import Config
+from charlm.config import Config, apply_preset
 from charlm.corpus import load_corpus
 from charlm.errors import CharlmError
 from charlm.models import MODELS, build_model
@@ -116,3 +116,31 @@ def test_mix_weight_outside_unit_interval_is_one_line_error(tmp_path, small_corp
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --mix-weight"), result.stderr
+
+
+def test_best_preset_builds_a_gru_kn_mixture():
+    config = apply_preset(Config(), "best", explicit={"epochs"}).validate()
+    assert config.preset == "best" and config.model == "mix" and config.epochs == Config().epochs
+    model = build_model(config, 40)
+    assert isinstance(model.neural, MODELS[config.mix_neural]) and model.kn.order == config.order
+    assert model.neural.dense.weight is model.neural.embedding.weight  # tied, as the preset asks
+
+
+def test_state_dict_round_trip_through_weights_only_file(tmp_path, small_corpus):
+    from charlm.checkpoint import save_checkpoint
+
+    config = Config(corpus=str(small_corpus), model="mix", mix_neural="gru", embedding=8, order=3, **TINY).validate()
+    corpus = load_corpus(config)
+    torch.manual_seed(1)
+    model = build_model(config, len(corpus.vocab))
+    model.fit_counts(corpus.train)
+    save_checkpoint(tmp_path / "m.pt", {"config": config.to_dict(), "vocab": corpus.vocab.idx_to_char,
+                                        "model": model.state_dict()})
+    torch.manual_seed(2)  # a different initialisation, overwritten by the load
+    loaded, _, _ = model_from_checkpoint(load_checkpoint(tmp_path / "m.pt"))
+    X = torch.as_tensor(corpus.val[:24]).view(2, 12)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(X, loaded.begin_state(2))[0], model(X, model.begin_state(2))[0])
+        fresh = build_model(config, len(corpus.vocab)).eval()
+        assert not torch.allclose(fresh(X, fresh.begin_state(2))[0], model(X, model.begin_state(2))[0])

@@ -20,13 +20,6 @@ RECURRENT = ("rnn-scratch", "gru-scratch", "lstm-scratch", "rnn", "gru", "lstm")
 V, H, B, T = 7, 5, 3, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy 2-core machine threads wait on each other (10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def rel_err(a, b):

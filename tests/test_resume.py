@@ -19,13 +19,6 @@ from charlm.trainer import TrainingInterrupted, rng_state, set_rng_state, train
 TIMINGS = ("seconds", "chars_per_sec")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_config(corpus_path, **overrides) -> Config:

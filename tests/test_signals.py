@@ -29,14 +29,6 @@ TRAIN = ["train", "--hidden", "12", "--batch-size", "4", "--num-steps", "8", "--
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """In-process runs use one thread like the subprocesses (OMP_NUM_THREADS=1): bit-identical results need the
-    same thread count, and tiny models are fastest on one thread of a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

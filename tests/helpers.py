@@ -1,0 +1,11 @@
+"""Assertions shared by the CLI tests."""
+
+
+def assert_one_line_error(result, *fragments):
+    """A click result that failed with exit status 2 and exactly one `error:` line on stderr, no traceback."""
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
