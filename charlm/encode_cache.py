@@ -96,34 +96,39 @@ def _unknown_error(vocab: Vocab, text: str) -> CharlmError:
     return CharlmError(f"characters not in the vocabulary: {''.join(vocab.unknown(text))!r}")
 
 
-def _encode_into(text: str, vocab: Vocab, dtype, sink) -> None:
-    """Call sink(start, indices) for each chunk of `text`; raises CharlmError on unknown characters."""
+def _encode_into(text: str, vocab: Vocab, dtype, sink=None, out=None) -> None:
+    """Write the indices of `text` into `out`, or hand them chunk by chunk to sink(start, indices).
+
+    Raises CharlmError on characters not in the vocabulary.
+    """
     dtype = np.dtype(dtype)
     if dtype.kind not in "iu" or len(vocab) >= np.iinfo(dtype).max:
         raise ValueError(f"{dtype} cannot hold the indices of {len(vocab)} characters and a marker")
     table = _lookup_table(vocab, dtype)
     if table is None:  # a hand-made vocabulary not in code-point order: let Vocab decide
-        sink(0, vocab.encode(text).astype(dtype, copy=False))
+        idx = vocab.encode(text).astype(dtype, copy=False)
+        if out is not None:
+            out[:] = idx
+        else:
+            sink(0, idx)
         return
-    buf = np.empty(min(len(text), CHUNK), dtype=dtype)
+    buf = np.empty(min(len(text), CHUNK), dtype=dtype) if out is None else None
     for start, codes in _chunks(text):
-        idx = buf[:len(codes)]
+        idx = buf[:len(codes)] if out is None else out[start:start + len(codes)]
         try:
             np.take(table, codes, out=idx)  # (chunk,): the whole encoding, one gather
         except IndexError:  # a code point beyond the largest in the vocabulary
             raise _unknown_error(vocab, text) from None
         if idx.max() >= len(vocab):
             raise _unknown_error(vocab, text)
-        sink(start, idx)
+        if out is None:
+            sink(start, idx)
 
 
 def encode_indices(text: str, vocab: Vocab, dtype=np.int64) -> np.ndarray:
     """The indices of `text` as a (len(text),) array of `dtype`; equal to `vocab.encode(text)`."""
     out = np.empty(len(text), dtype=dtype)
-
-    def sink(start, idx):
-        out[start:start + len(idx)] = idx
-    _encode_into(text, vocab, dtype, sink)
+    _encode_into(text, vocab, dtype, out=out)
     return out
 
 

@@ -3,7 +3,8 @@
 The vocabulary is the sorted set of characters, so the same text gives the same
 indices in every process (the textbook's `list(set(text))` depends on
 PYTHONHASHSEED). Encoding is vectorised with numpy on UTF-32 code points, in
-chunks, so a 100 MB corpus encodes in seconds without a Python loop.
+chunks (charlm/encode_cache.py), so a 100 MB corpus encodes in well under a
+second without a Python loop.
 """
 
 from __future__ import annotations
@@ -12,12 +13,6 @@ import numpy as np
 import torch
 
 from .errors import CharlmError
-
-_CHUNK = 1 << 22  # characters per encoding chunk: bounds the temporary UTF-32 copy to 16 MB
-
-
-def _codepoints(text: str) -> np.ndarray:
-    return np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
 
 
 class Vocab:
@@ -28,14 +23,15 @@ class Vocab:
         self.char_to_idx = {c: i for i, c in enumerate(self.idx_to_char)}
         if len(self.char_to_idx) != len(self.idx_to_char):
             raise CharlmError("vocabulary has repeated characters; the checkpoint is damaged")
-        self._codes = np.array([ord(c) for c in self.idx_to_char], dtype=np.uint32)  # sorted
+        codes = [ord(c) for c in self.idx_to_char]
+        self._sorted = bool(codes) and all(a < b for a, b in zip(codes, codes[1:]))
 
     @classmethod
     def build(cls, text: str) -> "Vocab":
         """The sorted set of characters of `text` (same result as `sorted(set(text))`, but vectorised)."""
-        codes = np.unique(np.concatenate([np.unique(_codepoints(text[i:i + _CHUNK]))
-                                          for i in range(0, max(len(text), 1), _CHUNK)]))
-        return cls(chr(c) for c in codes)
+        from .encode_cache import vocab_codes  # the vectorised encoder lives beside the cache that stores its output
+
+        return cls(chr(c) for c in vocab_codes(text))
 
     def __len__(self) -> int:
         return len(self.idx_to_char)
@@ -49,22 +45,15 @@ class Vocab:
 
     def encode(self, text: str) -> np.ndarray:
         """Indices of the characters of `text` as an int64 array; raises CharlmError on unknown characters."""
-        out = np.empty(len(text), dtype=np.int64)
-        sorted_codes = self._codes
-        if not self.idx_to_char or not np.all(sorted_codes[:-1] < sorted_codes[1:]):
-            # a vocabulary not in code-point order (e.g. hand-made): fall back to the dictionary
-            try:
-                return np.fromiter((self.char_to_idx[c] for c in text), dtype=np.int64, count=len(text))
-            except KeyError:
-                raise CharlmError(f"characters not in the vocabulary: {''.join(self.unknown(text))!r}") from None
-        for start in range(0, len(text), _CHUNK):
-            codes = _codepoints(text[start:start + _CHUNK])
-            idx = np.searchsorted(sorted_codes, codes)
-            idx[idx == len(sorted_codes)] = 0
-            if not np.array_equal(sorted_codes[idx], codes):
-                raise CharlmError(f"characters not in the vocabulary: {''.join(self.unknown(text))!r}")
-            out[start:start + len(codes)] = idx
-        return out
+        if self._sorted:
+            from .encode_cache import encode_indices  # one gather through a code-point table, chunk by chunk
+
+            return encode_indices(text, self)
+        # a vocabulary not in code-point order (e.g. hand-made): the dictionary
+        try:
+            return np.fromiter((self.char_to_idx[c] for c in text), dtype=np.int64, count=len(text))
+        except KeyError:
+            raise CharlmError(f"characters not in the vocabulary: {''.join(self.unknown(text))!r}") from None
 
     def decode(self, indices) -> str:
         """The text spelled by a sequence of indices."""

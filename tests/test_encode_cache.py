@@ -70,9 +70,10 @@ def test_unknown_characters_are_refused_in_words():
         encode_indices("ab😀", vocab)  # a code point beyond the lookup table
 
 
-def test_hand_made_vocabulary_out_of_code_point_order_still_encodes():
+def test_hand_made_vocabulary_out_of_code_point_order_still_encodes(tmp_path):
     vocab = Vocab(["b", "a", "c"])
     assert encode_indices("abcab", vocab).tolist() == [1, 0, 2, 1, 0]
+    assert np.load(encode_to_file("abcab", vocab, tmp_path / "x.npy")).tolist() == [1, 0, 2, 1, 0]
 
 
 def test_cache_is_written_then_read_not_rebuilt(tmp_path, cache, monkeypatch):

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..fastrnn import tanh_recurrence
 from ..vocab import to_onehot
 from .scratch_common import check_scratch_config, normal, zeros
 
@@ -16,7 +17,8 @@ class RNNScratch(nn.Module):
     Two paths give the same numbers: the textbook path (`onehot=True`) multiplies
     a one-hot matrix by W_xh at every step; the default path looks the rows up
     (a one-hot product *is* a row lookup) for all steps at once and applies the
-    output layer to all steps in one product, leaving only H W_hh in the loop.
+    output layer to all steps in one product, leaving only H W_hh in the loop
+    (`charlm.fastrnn.tanh_recurrence`, whose backward is written by hand).
     `dropout` acts on H_t before the output layer, in training mode only.
     """
 
@@ -40,13 +42,10 @@ class RNNScratch(nn.Module):
     def forward(self, X: torch.Tensor, state: torch.Tensor):
         if self.onehot:
             return self._forward_textbook(X, state)
-        H = state  # (batch, hidden)
         XW = F.embedding(X, self.W_xh) + self.b_h  # (batch, steps, hidden): onehot(X) @ W_xh, as a lookup
-        hs = []
-        for t in range(X.shape[1]):
-            H = torch.tanh(XW[:, t] + H @ self.W_hh)  # (batch, hidden)
-            hs.append(H)
-        Hs = F.dropout(torch.stack(hs, 1), self.dropout, self.training)  # (batch, steps, hidden)
+        # H_t = tanh(XW_t + H_{t-1} W_hh) for every t, with a hand-written backward through time
+        Hs, H = tanh_recurrence(XW, state, self.W_hh)  # Hs: (batch, steps, hidden), H: (batch, hidden)
+        Hs = F.dropout(Hs, self.dropout, self.training)
         return Hs @ self.W_hq + self.b_q, H  # (batch, steps, vocab)
 
     def _forward_textbook(self, X, state):
