@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import _VF, nn
 
 from ..errors import CharlmError
+from ..fastrnn import tanh_recurrence
 
 # cell name -> (torch module, gates per unit, the fused kernel the module itself calls)
 _CELLS = {
@@ -90,6 +91,12 @@ class RecurrentNN(nn.Module):
     def _forward_lookup(self, X: torch.Tensor, state):
         """The one-hot model without one-hot vectors: the kernel nn.RNN/GRU/LSTM call, fed looked-up columns."""
         weights = [w for layer in self.rnn.all_weights for w in layer]  # W_ih, W_hh, b_ih, b_hh per layer
+        if self.cell == "rnn" and self.layers == 1:
+            # one tanh layer: the hand-written recurrence (charlm.fastrnn) beats torch's kernel on the CPU
+            W_ih, W_hh, b_ih, b_hh = weights
+            XW = F.embedding(X, W_ih.t()) + (b_ih + b_hh)  # (batch, steps, hidden)
+            Y, h = tanh_recurrence(XW, state[0], W_hh.t())
+            return Y, h.unsqueeze(0)  # (batch, steps, hidden), (1, batch, hidden)
         XW = F.embedding(X, weights[0].t())  # (batch, steps, gates*hidden) = onehot(X) @ W_ih^T
         n = self.gates * self.hidden_size
         if self._eye is None or self._eye.dtype != XW.dtype or self._eye.device != XW.device:
