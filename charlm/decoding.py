@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import CharlmError
+from .models import eval_mode
 
 
 def greedy(logits: torch.Tensor, generator=None) -> torch.Tensor:
@@ -49,9 +50,7 @@ def drop_unknown(prefix: str, vocab) -> tuple[str, list[str]]:
 @torch.no_grad()
 def predict(prefix: str, num_chars: int, model, vocab, device=None, choose=greedy, generator=None) -> str:
     """Continue `prefix` by `num_chars` characters and return prefix + continuation (the textbook's name)."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         device = device or next(model.parameters()).device
         idx = encode_prefix(prefix, vocab)
         state = model.begin_state(1, device)
@@ -62,8 +61,6 @@ def predict(prefix: str, num_chars: int, model, vocab, device=None, choose=greed
             out.append(int(nxt))
             logits, state = model(nxt.view(1, 1), state)
         return prefix + vocab.decode(out)
-    finally:
-        model.train(was_training)
 
 
 # --- logits processors: (batch, vocab) -> (batch, vocab) ------------------------------------
@@ -357,9 +354,7 @@ def generate(model, vocab, prefixes, length: int, decoding: Decoding = Decoding(
                            decoding.repetition_penalty, device)
     if length == 0:
         return [Sample(p, "", []) for p in prefixes for _ in range(num_samples)]
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.inference_mode():
             device = device or next(model.parameters()).device
             dims = _batch_dims(model, device)
@@ -371,8 +366,6 @@ def generate(model, vocab, prefixes, length: int, decoding: Decoding = Decoding(
                 for row, s in zip(group.rows, _to_samples(prefixes, group.rows, tokens, logprobs, vocab)):
                     samples.setdefault(row, []).append(s)
             return [s for p in range(len(prefixes)) for s in samples[p]]
-    finally:
-        model.train(was_training)
 
 
 def beam_search(model, vocab, prefixes, length: int, num_beams: int, num_return: int = 1,
@@ -395,9 +388,7 @@ def beam_search(model, vocab, prefixes, length: int, num_beams: int, num_return:
     encoded = [encode_prefix(p, vocab) for p in prefixes]
     if length == 0:
         return [Sample(p, "", []) for p in prefixes for _ in range(num_return)]
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.inference_mode():
             device = device or next(model.parameters()).device
             dims = _batch_dims(model, device)
@@ -431,8 +422,6 @@ def beam_search(model, vocab, prefixes, length: int, num_beams: int, num_return:
                 for row, s in zip(rows, _to_samples(prefixes, rows, tokens[keep], logprobs[keep], vocab)):
                     samples.setdefault(row, []).append(s)
             return [s for p in range(len(prefixes)) for s in samples[p]]
-    finally:
-        model.train(was_training)
 
 
 @torch.no_grad()
@@ -440,15 +429,11 @@ def score(model, vocab, prefix: str, text: str, device=None) -> list[float]:
     """The model's log-probability of each character of `text` following `prefix` (teacher forcing)."""
     if not text:
         return []
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         device = device or next(model.parameters()).device
         idx = encode_prefix(prefix, vocab) + encode_prefix(text, vocab)
         X = torch.tensor([idx[:-1]], device=device)  # (1, n-1)
         logits, _ = model(X, model.begin_state(1, device))  # (1, n-1, vocab)
         lp = logits[0, len(prefix) - 1:].float().log_softmax(-1)  # (len(text), vocab)
         return lp.gather(1, torch.tensor(idx[len(prefix):], device=device)[:, None]).squeeze(1).tolist()
-    finally:
-        model.train(was_training)
 

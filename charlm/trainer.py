@@ -24,7 +24,7 @@ from .decoding import predict
 from .distributed import Group
 from .errors import CharlmError
 from .metrics import MetricsLog, perplexity
-from .models import build_model, detach_state
+from .models import build_model, detach_state, eval_mode
 
 
 class NonFiniteLoss(CharlmError):
@@ -70,9 +70,7 @@ def make_scheduler(config: Config, optimizer):
 @torch.no_grad()
 def evaluate(model, indices, device=None, chunk: int = 256) -> float:
     """Perplexity of `model` on an index array read as one stream, the hidden state carried throughout."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         device = device or next(model.parameters()).device
         data = torch.as_tensor(indices, dtype=torch.long, device=device).view(1, -1)  # (1, n)
         state = model.begin_state(1, device)
@@ -84,8 +82,6 @@ def evaluate(model, indices, device=None, chunk: int = 256) -> float:
             total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), Y.reshape(-1), reduction="sum").item()
             n += Y.numel()
         return perplexity(total, n)
-    finally:
-        model.train(was_training)
 
 
 def train_epoch(model, batches, optimizer, clip: float, carry: bool, epoch: int, progress=None, total=None,

@@ -7,6 +7,8 @@ interface, so a new model is one new file added to MODELS below.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ..errors import CharlmError
@@ -34,6 +36,17 @@ def build_model(config, vocab_size: int) -> torch.nn.Module:
     if config.model not in MODELS:
         raise CharlmError(f"unknown model {config.model!r}; choose one of: {', '.join(MODELS)}")
     return MODELS[config.model].from_config(config, vocab_size)
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Run a block with `model` in eval mode (no dropout), then give it back the mode it had."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def detach_state(state):
