@@ -15,7 +15,7 @@ from charlm.errors import CharlmError
 from charlm.models import MODELS, build_model
 from charlm.models.kn import KNModel
 from charlm.models.mixture import MixtureModel
-from charlm.models.rnn_nn import RNNModel
+from charlm.models import RNNModel
 from charlm.ngram import KneserNey
 from charlm.trainer import evaluate, train
 
