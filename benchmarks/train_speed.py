@@ -20,9 +20,8 @@ FLOPs per trained character (a multiply-add counts 2), with H hidden units and V
 
 The peak is the best float32 torch.mm rate over the model's own matrix shapes
 (and a 1024 cube), measured in this run before and after the training rounds.
-Variants marked "+kernel" are the model's parameters driven by
-charlm.fastrnn.tanh_recurrence, defined here so the gain can be judged before
-it is wired into a model.
+The "fast" path of rnn-scratch and of the one-layer rnn runs its recurrence
+through charlm.fastrnn.tanh_recurrence (a hand-written backward through time).
 """
 
 from __future__ import annotations
@@ -36,67 +35,23 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from charlm.batches import epoch_batches  # noqa: E402
 from charlm.config import Config  # noqa: E402
 from charlm.corpus import load_corpus  # noqa: E402
-from charlm.fastrnn import tanh_recurrence  # noqa: E402
 from charlm.metrics import perplexity  # noqa: E402
 from charlm.models import build_model, detach_state  # noqa: E402
 from charlm.trainer import grad_clipping, make_optimizer, pick_device  # noqa: E402
 
 
-# --- models driven by the fast recurrence kernel -----------------------------------
-
-class ScratchKernel(nn.Module):
-    """An RNNScratch's parameters run through tanh_recurrence (lookup, kernel, one output product)."""
-
-    def __init__(self, model, step_threads):
-        super().__init__()
-        self.m, self.step_threads = model, step_threads
-
-    def begin_state(self, batch_size, device=None):
-        return self.m.begin_state(batch_size, device)
-
-    def forward(self, X, state):
-        m = self.m
-        XW = F.embedding(X, m.W_xh) + m.b_h  # (B, T, H)
-        Hs, H = tanh_recurrence(XW, state, m.W_hh, self.step_threads)  # (B, T, H), (B, H)
-        B, T, _ = Hs.shape
-        logits = torch.addmm(m.b_q, Hs.reshape(B * T, -1), m.W_hq)  # (B*T, V)
-        return logits.view(B, T, -1), H
-
-
-class NNKernel(nn.Module):
-    """A one-layer nn.RNN model's parameters run through tanh_recurrence."""
-
-    def __init__(self, model, step_threads):
-        super().__init__()
-        self.m, self.step_threads = model, step_threads
-
-    def begin_state(self, batch_size, device=None):
-        return self.m.begin_state(batch_size, device)
-
-    def forward(self, X, state):
-        rnn, dense = self.m.rnn, self.m.dense
-        XW = F.embedding(X, rnn.weight_ih_l0.t()) + (rnn.bias_ih_l0 + rnn.bias_hh_l0)  # (B, T, H)
-        Hs, H = tanh_recurrence(XW, state[0], rnn.weight_hh_l0.t(), self.step_threads)
-        B, T, _ = Hs.shape
-        logits = F.linear(Hs.reshape(B * T, -1), dense.weight, dense.bias)  # (B*T, V)
-        return logits.view(B, T, -1), H.unsqueeze(0)
-
-
-def make_variant(name: str, config: Config, vocab_size: int, device, step_threads=1):
-    """(model, optimizer) for a variant name such as 'rnn-scratch textbook' or 'rnn +kernel'."""
+def make_variant(name: str, config: Config, vocab_size: int, device):
+    """(model, optimizer) for a variant name such as 'rnn-scratch textbook' or 'rnn fast'."""
     model_name, path = name.split(" ", 1)
     torch.manual_seed(config.seed)
     model = build_model(Config(**{**config.to_dict(), "model": model_name, "onehot": path == "textbook"}), vocab_size)
     model = model.to(device)
-    if path == "+kernel":
-        model = (ScratchKernel if model_name == "rnn-scratch" else NNKernel)(model, step_threads)
-    elif path == "compiled":
+    if path == "compiled":
         model.forward = torch.compile(model.forward)
     return model, make_optimizer(config, model)
 
@@ -177,7 +132,6 @@ def main(argv=None):
     parser.add_argument("--compile", action="store_true", help="also time torch.compile on the fast path")
     parser.add_argument("--models", default="rnn-scratch,rnn")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--step-threads", type=int, default=1, help="+kernel: CPU threads in the per-step loop; 0: all")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -198,10 +152,10 @@ def main(argv=None):
 
     names = []
     for model_name in args.models.split(","):
-        names += [f"{model_name} textbook", f"{model_name} fast", f"{model_name} +kernel"]
+        names += [f"{model_name} textbook", f"{model_name} fast"]
         if args.compile:
             names.append(f"{model_name} compiled")
-    variants = {name: make_variant(name, config, V, device, args.step_threads or None) for name in names}
+    variants = {name: make_variant(name, config, V, device) for name in names}
     batches = minibatches(corpus.train, config, args.batches, device)
     rates = {name: [] for name in names}
     states = dict.fromkeys(names)
@@ -232,7 +186,7 @@ def main(argv=None):
         print(f"{'variant':<24}{'train ppl':>11}{'val ppl':>10}{'vs textbook':>13}")
         for model_name in args.models.split(","):
             base = None
-            for path in ("textbook", "fast", "+kernel"):
+            for path in ("textbook", "fast"):
                 name = f"{model_name} {path}"
                 model, optimizer = make_variant(name, config, V, device)
                 for epoch in range(1, args.check_epochs + 1):
