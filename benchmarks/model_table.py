@@ -44,7 +44,7 @@ def row_config(row: str, epochs: int, patience: int, corpus: str | None) -> Conf
 
 def describe_params(model) -> str:
     """Trainable parameters, and for n-gram parts the number of stored counts."""
-    counts = sum(int(t.shape[0]) for m in model.modules() if isinstance(m, KNModel) for t in m.kn.state_dict()["tables"])
+    counts = sum(int((t > 0).sum()) for m in model.modules() if isinstance(m, KNModel) for t in m.kn.state_dict()["counts"])
     n = count_parameters(model)
     if not counts:
         return f"{n:,}"

@@ -20,8 +20,11 @@ FLOPs per trained character (a multiply-add counts 2), with H hidden units and V
 
 The peak is the best float32 torch.mm rate over the model's own matrix shapes
 (and a 1024 cube), measured in this run before and after the training rounds.
-The "fast" path of rnn-scratch and of the one-layer rnn runs its recurrence
-through charlm.fastrnn.tanh_recurrence (a hand-written backward through time).
+The "fast" path of rnn-scratch, and of the one-layer rnn on the CPU, runs its
+recurrence through charlm.fastrnn.tanh_recurrence (a hand-written backward
+through time); on CUDA the nn models' fast path is torch's own module (cuDNN)
+fed looked-up columns. "torch" is torch's nn.RNN / GRU / LSTM alone, fed
+one-hot vectors: the baseline the fast path must keep up with on every device.
 """
 
 from __future__ import annotations
@@ -45,10 +48,32 @@ from charlm.models import build_model, detach_state  # noqa: E402
 from charlm.trainer import grad_clipping, make_optimizer, pick_device  # noqa: E402
 
 
+class PlainTorch(torch.nn.Module):
+    """torch's own nn.RNN / GRU / LSTM fed one-hot vectors, + nn.Linear: the "torch" baseline (cuDNN on a GPU)."""
+
+    def __init__(self, cell: str, vocab_size: int, hidden: int):
+        super().__init__()
+        module = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell]
+        self.cell, self.vocab_size, self.hidden = cell, vocab_size, hidden
+        self.rnn = module(vocab_size, hidden, batch_first=True)
+        self.dense = torch.nn.Linear(hidden, vocab_size)
+
+    def begin_state(self, batch_size: int, device=None):
+        h = torch.zeros(1, batch_size, self.hidden, device=device)
+        return (h, h.clone()) if self.cell == "lstm" else h
+
+    def forward(self, X, state):
+        Y, state = self.rnn(F.one_hot(X, self.vocab_size).float(), state)
+        return self.dense(Y), state
+
+
 def make_variant(name: str, config: Config, vocab_size: int, device):
-    """(model, optimizer) for a variant name such as 'rnn-scratch textbook' or 'rnn fast'."""
+    """(model, optimizer) for a variant name such as 'rnn-scratch textbook', 'rnn fast' or 'rnn torch'."""
     model_name, path = name.split(" ", 1)
     torch.manual_seed(config.seed)
+    if path == "torch":
+        model = PlainTorch(model_name, vocab_size, config.hidden).to(device)
+        return model, make_optimizer(config, model)
     model = build_model(Config(**{**config.to_dict(), "model": model_name, "onehot": path == "textbook"}), vocab_size)
     model = model.to(device)
     if path == "compiled":
@@ -153,6 +178,8 @@ def main(argv=None):
     names = []
     for model_name in args.models.split(","):
         names += [f"{model_name} textbook", f"{model_name} fast"]
+        if model_name in ("rnn", "gru", "lstm"):
+            names.append(f"{model_name} torch")  # torch's module alone, one-hot input: the fast path must keep up
         if args.compile:
             names.append(f"{model_name} compiled")
     variants = {name: make_variant(name, config, V, device) for name in names}

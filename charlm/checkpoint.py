@@ -7,26 +7,30 @@ vocabulary, the corpus fingerprint, the epoch and the metrics so far, so that
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import re
 import tempfile
 import warnings
 import zipfile
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 
 from . import __version__
-from .config import Config
+from .config import Config, field_default
 from .errors import CharlmError
-from .models import build_model
+from .models import build_model, upgrade_state_dict
 from .vocab import Vocab
 
 FORMAT = "charlm-checkpoint"
 FORMAT_VERSION = 1
 RUNS_DIR = Path("checkpoints")
 TMP_SUFFIX = ".tmp"  # save_checkpoint's temporary files: <name>.pt.<random>.tmp
+# torch.save's pre-1.6 format starts with this pickled magic number (a raw pickle, not a zip)
+LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
 
 
 class CheckpointWriteError(CharlmError):
@@ -56,6 +60,12 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         raise CheckpointWriteError(f"cannot write checkpoint {path} ({e.strerror or e}); {_kept(path)}") from None
+    except RuntimeError as e:  # torch's zip writer reports a failed write (a full disk) as "[enforce fail at ...]"
+        reason = _write_failure(path, e)  # while the partial temporary still fills the disk
+        Path(tmp).unlink(missing_ok=True)
+        if not any(word in str(e) for word in ("enforce fail", "PytorchStreamWriter", "file write failed")):
+            raise
+        raise CheckpointWriteError(f"cannot write checkpoint {path} ({reason}); {_kept(path)}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -67,6 +77,18 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def _write_failure(path: Path, error: Exception) -> str:
+    """Why torch's writer failed, in words: a full disk when the directory's file system is (nearly) full."""
+    try:
+        st = os.statvfs(path.parent)
+        if st.f_bavail * st.f_frsize < (1 << 20):
+            return os.strerror(errno.ENOSPC)
+    except OSError:
+        pass
+    detail = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", (str(error).splitlines() or [""])[0])[:100]
+    return f"the write failed: {detail or type(error).__name__}"
 
 
 def _kept(path: Path) -> str:
@@ -95,6 +117,11 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise CharlmError(f"checkpoint {path} is not a file; give a .pt file or a run directory")
     if path.stat().st_size == 0:
         raise CharlmError(f"checkpoint {path} is empty (an interrupted copy?); use another checkpoint")
+    with open(path, "rb") as f:
+        head = f.read(len(LEGACY_MAGIC))
+    if head == LEGACY_MAGIC:
+        raise CharlmError(f"checkpoint {path} is in PyTorch's legacy pre-1.6 file format, which charlm does not read "
+                          "(it is a pickle that could run code); charlm checkpoints are zip files: use another checkpoint")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip; a truncated one has lost its central directory
         raise CharlmError(f"checkpoint {path} is truncated or not a checkpoint file at all "
                           "(no PyTorch zip structure); copy it again or use another checkpoint")
@@ -127,7 +154,57 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     for key, kind in (("config", dict), ("vocab", (list, tuple)), ("model", dict)):
         if not isinstance(payload.get(key), kind):
             raise CharlmError(f"checkpoint {path} (written by charlm {writer}) lacks a valid {key!r} entry; it is damaged")
+    check_contents(payload, path)
     return payload
+
+
+def check_contents(payload: dict, path) -> None:
+    """Refuse a checkpoint whose settings, vocabulary or weights cannot be used (edited or damaged),
+    blaming the file rather than flags the user never gave."""
+    from .limits import check_order
+    from .models import MODELS
+
+    vocab = payload["vocab"]
+    bad = next((c for c in vocab if not (isinstance(c, str) and len(c) == 1)), None)
+    if not vocab or bad is not None or len(set(vocab)) != len(vocab):
+        what = ("is empty" if not vocab else f"holds {bad!r}, which is not one character" if bad is not None
+                else "repeats characters")
+        raise CharlmError(f"checkpoint {path} is damaged or was edited: its vocabulary {what}")
+    config = payload["config"]
+    for f in fields(Config):
+        if f.name not in config:
+            continue
+        value, default = config[f.name], field_default(f)
+        expected = (type(default),) if default is not None else (str, type(None))
+        if isinstance(default, str):
+            expected = (str, type(None))
+        elif isinstance(default, float):
+            expected = (int, float)
+        elif isinstance(default, tuple):
+            expected = (list, tuple)
+        if not isinstance(value, expected) or (isinstance(value, bool) and not isinstance(default, bool)):
+            raise CharlmError(f"checkpoint {path} is damaged or was edited: its setting {f.name} is {value!r} "
+                              f"({type(value).__name__}, not {expected[0].__name__})")
+        if "choices" in f.metadata and value not in f.metadata["choices"]:
+            raise CharlmError(f"checkpoint {path} is damaged or was edited: its setting {f.name} is {value!r}, "
+                              f"not one of {', '.join(f.metadata['choices'])}")
+    if config.get("model") is not None and config["model"] not in MODELS:
+        raise CharlmError(f"checkpoint {path} holds a {config['model']!r} model, which this charlm does not know "
+                          f"({', '.join(MODELS)}); it was edited, or written by another version")
+    for key, kind in (("epoch", int), ("best_epoch", int), ("bad_epochs", int), ("metrics", list),
+                      ("best_val_ppl", (int, float))):
+        value = payload.get(key, 0 if kind is not list else [])
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            raise CharlmError(f"checkpoint {path} is damaged or was edited: its {key} is {value!r}")
+    try:
+        restored = Config.from_dict(config).validate()
+        check_order(restored, blame=f"its order {restored.order}")
+    except CharlmError as e:
+        raise CharlmError(f"checkpoint {path} is damaged or was edited: its settings are invalid ({e})") from None
+    for name, tensor in payload["model"].items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CharlmError(f"checkpoint {path} holds NaN or infinite weights ({name}): the run diverged before "
+                              "it was saved, or the file is damaged; use an earlier checkpoint or train again")
 
 
 def find_checkpoint(path: str | Path | None) -> Path:
@@ -148,11 +225,14 @@ def find_checkpoint(path: str | Path | None) -> Path:
 
 def model_from_checkpoint(payload: dict, device="cpu"):
     """Rebuild (model, vocab, config) from a loaded checkpoint, ready for inference."""
+    from .limits import check_model_fits
+
     config = Config.from_dict(payload["config"])
     vocab = Vocab(payload["vocab"])
+    check_model_fits(config, len(vocab), blame="the checkpoint's sizes")
     model = build_model(config, len(vocab))
     try:
-        model.load_state_dict(payload["model"])
+        model.load_state_dict(upgrade_state_dict(model, payload["model"]))  # older files: W_ih under its old name
     except (RuntimeError, KeyError) as e:
         # torch's first line only says "Error(s) in loading state_dict"; the next one names the tensor
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]

@@ -41,6 +41,7 @@ DONE = "done.json"
 # with --jobs for more cores, is fastest (two threads per run on a busy 2-core machine
 # measured 25x slower per epoch) and keeps every result independent of --jobs.
 RUN_THREADS = 1
+MAX_RUNS = 1000  # a bigger grid is a mistyped --seeds rather than an experiment
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,13 @@ def make_grid(models: str, samplers: str, hidden: str | None, seeds: int) -> Gri
     """Check the grid flags and return the Grid they describe (a CharlmError names the first bad one)."""
     if seeds < 1:
         raise CharlmError(f"--seeds must be 1 or more (the number of seeds per configuration), got {seeds}")
-    return Grid(parse_names(models, "--models", list(MODELS)), parse_names(samplers, "--samplers", list(SAMPLERS)),
+    grid = Grid(parse_names(models, "--models", list(MODELS)), parse_names(samplers, "--samplers", list(SAMPLERS)),
                 parse_hidden(hidden), seeds)
+    runs = len(grid.models) * len(grid.samplers) * len(grid.hidden or (0,)) * seeds
+    if runs > MAX_RUNS:  # checked before the grid is expanded: 10**8 seeds would hang building the list
+        raise CharlmError(f"the grid has {runs:,} runs, more than {MAX_RUNS:,} (each is a full training run); "
+                          "lower --seeds or shorten --models, --samplers, --hidden")
+    return grid
 
 
 def expand_grid(base: Config, grid: Grid, explicit: set[str]) -> list[Config]:
@@ -187,20 +193,23 @@ def is_finished(run_dir: Path) -> bool:
     return (run_dir / DONE).is_file() and (run_dir / "metrics.jsonl").is_file()
 
 
-def _load_corpus(configs: list[Config]) -> Corpus:
+def _load_corpus(configs: list[Config], log=None) -> Corpus:
     data = {tuple(getattr(c, f) for f in DATA_FIELDS) for c in configs}
     if len(data) > 1:  # only a preset's per-model entries could do this
         raise CharlmError("the runs of this grid would read different texts (a preset sets data options per model); "
                           "give --max-chars, --newlines and --val-fraction explicitly")
-    return load_corpus(configs[0])
+    return load_corpus(configs[0], log)
 
 
 def _check_runnable(configs: list[Config], corpus: Corpus) -> None:
     """Fail before any training when a run could not even start (text too short, bad model settings)."""
+    from .limits import check_model_fits, check_order
     from .trainer import check_minibatch_fits
 
     for key in dict.fromkeys((c.model, c.hidden, c.batch_size, c.num_steps, c.random_offset) for c in configs):
         config = next(c for c in configs if (c.model, c.hidden, c.batch_size, c.num_steps, c.random_offset) == key)
+        check_order(config, len(corpus.train))
+        check_model_fits(config, len(corpus.vocab))  # before build_model allocates it
         model = build_model(config, len(corpus.vocab))
         if any(p.requires_grad for p in model.parameters()):  # a counting model (kn) needs no minibatches
             check_minibatch_fits(config, len(corpus.train))
@@ -270,7 +279,7 @@ def run_compare(configs: list[Config], out_dir: str | Path, *, jobs: int = 1, lo
     if not configs:
         raise CharlmError("the grid is empty; give at least one model, sampler and seed")
     out_dir = prepare_out_dir(Path(out_dir))
-    corpus = _load_corpus(configs)
+    corpus = _load_corpus(configs, lambda line: log(f"warning: {line}"))
     _check_runnable(configs, corpus)
     runs = [Run(i + 1, c, out_dir / "runs" / run_key(c, corpus.fingerprint)) for i, c in enumerate(configs)]
     n = len(runs)
@@ -321,18 +330,49 @@ def _run_parallel(pending: list, corpus: Corpus, jobs: int, started, ended) -> N
     jobs = min(jobs, len(pending))
     context = multiprocessing.get_context("spawn")
     queue = list(pending)
-    with cf.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+    with cf.ProcessPoolExecutor(jobs, mp_context=context, initializer=_quiet_interrupt) as pool:
         running = {}
         try:
             while queue or running:
                 while queue and len(running) < jobs:
                     run = queue.pop(0)
                     started(run)
-                    running[pool.submit(execute_run, run.config, corpus, str(run.run_dir))] = run
+                    running[_submit(pool, execute_run, run.config, corpus, str(run.run_dir))] = run
                 done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
                 for future in done:
                     ended(running.pop(future), future.result)
         except BaseException:
+            # the runs in progress end now (their last epoch's checkpoint is kept, and resumed next time);
+            # before shutdown(), which forgets the worker processes
+            terminate = getattr(pool, "terminate_workers", None)  # Python 3.14+
+            if terminate is not None:
+                terminate()
+            else:
+                for process in list((getattr(pool, "_processes", None) or {}).values()):
+                    process.terminate()
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+
+
+def _submit(pool, *args):
+    """pool.submit with Ctrl-C ignored meanwhile: a worker it starts inherits that, so a Ctrl-C while the
+    worker is still importing torch cannot print a traceback; once started it takes _quiet_interrupt's handler."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return pool.submit(*args)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return pool.submit(*args)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _quiet_interrupt() -> None:
+    """In a worker: Ctrl-C (sent to the whole process group) ends it at once, without a traceback;
+    the parent reports the interrupt. Checkpoints are written by atomic rename, so nothing half-written stays."""
+    import signal
+
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(128 + signum))
 

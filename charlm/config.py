@@ -6,6 +6,7 @@ is generated from this file and cannot drift from it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 
 from .errors import CharlmError
@@ -30,7 +31,7 @@ class Config:
     max_chars: int = _opt(0, "Keep only the first N characters (the textbook used 10000); 0 keeps the whole text.")
     val_fraction: float = _opt(0.1, "Hold out this last fraction of the text, contiguously, for validation perplexity.")
     # --- model ------------------------------------------------------------
-    model: str = _opt("rnn", "Model family (see the list above).")
+    model: str = _opt("rnn", "Model family.")
     hidden: int = _opt(256, "Hidden units of the recurrent layer.")
     onehot: bool = _opt(False, "Use the textbook path: one-hot inputs multiplied step by step (slower, same result).")
     layers: int = _opt(1, "Stacked recurrent layers (nn models rnn, gru, lstm; the scratch models have one).")
@@ -39,8 +40,10 @@ class Config:
     tie_weights: bool = _opt(False, "Share the output layer's weights with the embedding (needs --embedding equal to --hidden).")
     # --- n-gram and mixture (kn, mix) -------------------------------------
     order: int = _opt(5, "kn and mix: n-gram order of the Kneser-Ney model (5 = predict from the previous 4 characters).")
+    kn_discounts: tuple = _opt((), "kn and mix: one Kneser-Ney discount per level (lowest first), as --preset auto fits them on the tuning slice; empty: the closed-form estimate.", flag="--kn-discount", multiple=True)
     mix_neural: str = _opt("rnn", "mix: the neural model family whose distribution is interpolated with the n-gram.")
     mix_weight: float = _opt(0.5, "mix: weight λ of the neural distribution; the n-gram gets 1-λ (fixed, never fitted on validation text).")
+    mix_fit: str = _opt("none", "mix: fit λ on the tuning slice (--tune-fraction): none keeps --mix-weight; global fits one λ; count fits one λ per bucket of how often the n-gram context was seen. Never worse on the tuning slice than either part alone.", choices=("none", "global", "count"))
     # --- batches ----------------------------------------------------------
     sampler: str = _opt("consecutive", "random: fresh subsequences and a fresh state per minibatch; consecutive: streams that carry the state across minibatches.", choices=("random", "consecutive"))
     num_steps: int = _opt(35, "Time steps per minibatch (length of backpropagation through time).")
@@ -54,17 +57,29 @@ class Config:
     weight_decay: float = _opt(0.0, "L2 weight decay added by the optimizer.")
     lr_schedule: str = _opt("none", "Learning-rate schedule: none, plateau (halve when validation stalls) or cosine.", choices=("none", "plateau", "cosine"))
     patience: int = _opt(0, "Stop after this many epochs without a better validation perplexity; 0 never stops early.")
+    time_budget: float = _opt(0.0, "Minutes of training (the first minibatches are timed, then the steps and the learning-rate schedule are planned to fit); training ends by then, mid-epoch if need be. 0: no budget.")
+    tune_fraction: float = _opt(0.0, "Carve this last fraction off the training text as a tuning slice: the n-gram order and mixture weights are fitted on it and early stopping reads it (never the validation text). 0: none.")
     seed: int = _opt(0, "Random seed for initialisation and sampling order.")
     device: str = _opt("auto", "auto uses CUDA when present.", choices=("auto", "cpu", "cuda"))
+    precision: str = _opt("fp32", "Training arithmetic: fp32 (TF32 matrix products on CUDA), or bf16 / fp16 autocast on a CUDA GPU (with a loss scaler); the CPU trains in fp32 only.", choices=("fp32", "bf16", "fp16"))
+    compile: bool = _opt(False, "torch.compile the model's forward on CUDA; ignored with a line on the CPU, where it measured no faster (docs/gpu.md).")
+    val_streams: int = _opt(0, "Validate the held-out text as N contiguous streams read side by side (state carried within each); 1: one stream, the exact figure; 0: chosen from the text length and device (docs/gpu.md).")
     # --- reporting --------------------------------------------------------
     prefixes: tuple = _opt(("分开", "不分开"), "Prefix to continue in the progress samples (repeat the flag for several).", flag="--prefix", multiple=True)
     pred_every: int = _opt(5, "Print a continuation of each prefix every N epochs; 0 never.")
     pred_len: int = _opt(50, "Characters in each progress continuation.")
     out: str | None = _opt(None, "Run directory for metrics.jsonl, last.pt and best.pt. Default: checkpoints/<time>-<model>-<sampler>.")
-    preset: str | None = _opt(None, "Named set of hyperparameters (see the list above); explicit flags override it.")
+    preset: str | None = _opt("auto", "Named set of hyperparameters; explicit flags override it. auto: chosen from the corpus, device and time budget (docs/auto.md); none: the plain field defaults.")
 
     def validate(self) -> "Config":
         """Refuse values that cannot train, with a line saying what to use instead."""
+        for f in fields(self):  # nan slips through every comparison below, inf through most
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise CharlmError(f"{f.metadata.get('flag') or '--' + f.name.replace('_', '-')} must be a finite "
+                                  f"number, got {value}")
+        if not 0 <= self.seed < 2**64:
+            raise CharlmError(f"--seed must lie in 0 .. 2**64-1 (what the random generators accept), got {self.seed}")
         positive = ("hidden", "num_steps", "batch_size", "epochs", "pred_len")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -73,14 +88,29 @@ class Config:
             raise CharlmError(f"--lr must be positive, got {self.lr}")
         if not 0 < self.val_fraction < 1:
             raise CharlmError(f"--val-fraction must lie strictly between 0 and 1, got {self.val_fraction}")
-        for name in ("max_chars", "pred_every", "patience"):
+        for name in ("max_chars", "pred_every", "patience", "val_streams"):
             if getattr(self, name) < 0:
                 raise CharlmError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
         for name in ("clip", "weight_decay"):
             if getattr(self, name) < 0:
                 raise CharlmError(f"--{name.replace('_', '-')} must be 0 or more (0 turns it off), got {getattr(self, name)}")
+        for d in self.kn_discounts:
+            try:
+                ok = 0 < float(d) <= 1
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise CharlmError(f"--kn-discount takes numbers in (0, 1], one per n-gram level, got {d!r}")
+        if self.kn_discounts and len(self.kn_discounts) != self.order:
+            raise CharlmError(f"--kn-discount was given {len(self.kn_discounts)} times; --order {self.order} needs one per level")
+        if self.time_budget < 0:
+            raise CharlmError(f"--time-budget must be 0 (no budget) or a number of minutes, got {self.time_budget}")
+        if not 0 <= self.tune_fraction < 0.5:
+            raise CharlmError(f"--tune-fraction must lie in [0, 0.5) (a share of the training text; 0: none), got {self.tune_fraction}")
         if self.order < 1:
             raise CharlmError(f"--order must be 1 or more (1 = character frequencies, 5 = the usual baseline), got {self.order}")
+        if self.order > 16:  # charlm.ngram.MAX_ORDER: refused before any counting allocates per-order arrays
+            raise CharlmError(f"--order must be at most 16 (character n-grams gain nothing beyond; 6-8 is usually best), got {self.order}")
         if not 0 <= self.mix_weight <= 1:
             raise CharlmError(f"--mix-weight must lie in [0, 1] (the neural share of the mixture), got {self.mix_weight}")
         # --- model shape (layers, dropout, embedding, tie_weights); the models refuse what they cannot use
@@ -140,12 +170,20 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# Not in PRESETS: "auto" is chosen once the corpus is read (charlm/recipe.py), "none" keeps the field defaults.
+PRESET_NAMES = ("auto", "none", *sorted(PRESETS))
+
+
 def apply_preset(config: Config, name: str | None, explicit: set[str]) -> Config:
-    """Return `config` with preset `name` applied to every field not named in `explicit`."""
-    if not name:
+    """Return `config` with preset `name` applied to every field not named in `explicit`.
+
+    "auto" and "none" change nothing here: auto is resolved later by
+    `recipe.resolve_auto`, which needs the corpus.
+    """
+    if not name or name in ("auto", "none"):
         return config
     if name not in PRESETS:
-        raise CharlmError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
+        raise CharlmError(f"unknown preset {name!r}; choose one of: {', '.join(PRESET_NAMES)}")
     preset = PRESETS[name]
     values = {k: v for k, v in preset.items() if k != "per_model"}
     model = config.model if "model" in explicit else values.get("model", config.model)

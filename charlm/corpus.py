@@ -13,7 +13,7 @@ import shutil
 import urllib.request
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,25 +48,48 @@ def _download_default(dest: Path) -> Path:
         tmp.unlink(missing_ok=True)
 
 
-def resolve_corpus(path: str | None) -> Path:
-    """The corpus file to read: --corpus, then data/, then $CHARLM_DATA, then ../shared/data/, then a download."""
+def resolve_corpus(path: str | None, log=None) -> Path:
+    """The corpus file to read: --corpus, then data/, then $CHARLM_DATA, then ../shared/data/, then a download.
+
+    A $CHARLM_DATA that is consulted but holds no corpus is said in one line to `log`
+    (the user set it for a reason) before the next place is tried.
+    """
     if path:
         return Path(path)
     candidates = [Path("data")]
     if os.environ.get("CHARLM_DATA"):
         candidates.append(Path(os.environ["CHARLM_DATA"]))
     candidates.append(Path("..") / "shared" / "data")
-    for folder in candidates:
+    for i, folder in enumerate(candidates):
         # $CHARLM_DATA may name the file itself rather than its folder
         found = folder if folder.is_file() else folder / DEFAULT_NAME
         if found.is_file():
             return found
+        if log is not None and i == 1 and os.environ.get("CHARLM_DATA"):
+            fallback = "../shared/data/, then a download" if i + 1 < len(candidates) else "a download"
+            why = "does not exist" if not folder.exists() else f"holds no {DEFAULT_NAME}"
+            log(f"$CHARLM_DATA={folder} {why}; looking in {fallback}")
     return _download_default(Path("data") / DEFAULT_NAME)
 
 
+# The most bytes charlm reads from one corpus file (or decompresses from one .gz / zip member): beyond
+# this the text, its index array (8 bytes a character) and the vocabulary pass would not fit a laptop.
+MAX_BYTES = 1 << 30
+GZIP_MAGIC, ZIP_MAGIC = b"\x1f\x8b", b"PK\x03\x04"
+
+
+def _too_big(name: str) -> CharlmError:
+    return CharlmError(f"{name} holds more than {MAX_BYTES >> 20:,} MiB of text, the most charlm reads; "
+                       f"train on a part of it (e.g. head -c 500M FILE > part.txt)")
+
+
 def _decode(raw: bytes, encoding: str, name: str) -> str:
+    if raw[:2] == GZIP_MAGIC or raw[:4] == ZIP_MAGIC:  # a compressed file under a text name: say so, do not blame the encoding
+        kind, ext = ("gzip", ".gz") if raw[:2] == GZIP_MAGIC else ("zip", ".zip")
+        raise CharlmError(f"{name} holds {kind}-compressed data, not text; name it with {ext} (charlm then "
+                          "decompresses it) or decompress it first")
     try:
-        return raw.decode(encoding)
+        text = raw.decode(encoding)
     except LookupError:
         raise CharlmError(f"unknown --encoding {encoding!r}; try utf-8, gbk or latin-1") from None
     except UnicodeDecodeError as e:
@@ -78,6 +101,16 @@ def _decode(raw: bytes, encoding: str, name: str) -> str:
             except UnicodeDecodeError:
                 hint = "; pass --encoding with the file's encoding"
         raise CharlmError(f"{name} is not valid {encoding} (byte {e.start}){hint}") from None
+    except (ValueError, TypeError) as e:  # a codec that is not a text encoding, e.g. --encoding hex or rot13
+        raise CharlmError(f"--encoding {encoding} cannot decode {name} ({e}); try utf-8, gbk or latin-1") from None
+    if not isinstance(text, str):
+        raise CharlmError(f"--encoding {encoding} is not a text encoding; try utf-8, gbk or latin-1")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # e.g. a lone surrogate "\\ud800" read with --encoding unicode_escape
+        raise CharlmError(f"{name} read as {encoding} gives character {e.start} = {text[e.start]!r}, a lone "
+                          "surrogate that is not a real character; fix the text or use another --encoding") from None
+    return text
 
 
 def _read_zip(path: Path, member: str | None) -> tuple[bytes, str]:
@@ -94,34 +127,67 @@ def _read_zip(path: Path, member: str | None) -> tuple[bytes, str]:
                 if len(texts) > 1:
                     raise CharlmError(f"{path} holds several files ({', '.join(texts)}); choose one with --member NAME")
                 member = texts[0]
-            return zf.read(member), f"{path}:{member}"
+            info = zf.getinfo(member)
+            if info.flag_bits & 0x1:
+                raise CharlmError(f"{path}:{member} is encrypted (password-protected); unzip it with its password "
+                                  "and pass the text file with --corpus")
+            if info.file_size > MAX_BYTES:
+                raise _too_big(f"{path}:{member}")
+            try:
+                with zf.open(member) as f:
+                    raw = f.read(MAX_BYTES + 1)
+            except NotImplementedError as e:  # e.g. a compression method zipfile does not know (deflate64, ppmd)
+                raise CharlmError(f"{path}:{member} uses a compression method charlm cannot read ({e}); "
+                                  "re-zip it with plain deflate or unzip it and pass the text file") from None
+            except RuntimeError as e:  # zipfile's word for "encrypted" in some versions
+                raise CharlmError(f"{path}:{member} cannot be read ({e}); unzip it and pass the text file") from None
+            if len(raw) > MAX_BYTES:
+                raise _too_big(f"{path}:{member}")
+            return raw, f"{path}:{member}"
     except (zipfile.BadZipFile, zlib.error, EOFError) as e:
         raise CharlmError(f"{path} is not a readable zip file ({e}); re-download it") from None
 
 
-def read_text(path: str | Path, member: str | None = None, encoding: str = "utf-8") -> str:
-    """The decoded text of a .txt, .gz or .zip file (with `member` choosing inside a zip)."""
+def read_text(path: str | Path, member: str | None = None, encoding: str = "utf-8",
+              what: str = "corpus", flag: str = "--corpus") -> str:
+    """The decoded text of a .txt, .gz or .zip file (with `member` choosing inside a zip).
+
+    `what` and `flag` name the file in messages (e.g. "text", "--text" for `evaluate --text`).
+    At most MAX_BYTES are read; devices (/dev/zero) are refused, pipes read up to that bound.
+    """
+    import stat
+
     path = Path(path)
     if not path.exists():
-        raise CharlmError(f"corpus {path} does not exist; pass --corpus with a text file")
+        raise CharlmError(f"{what} {path} does not exist; pass {flag} with a text file")
     if path.is_dir():
-        raise CharlmError(f"corpus {path} is a directory; pass --corpus with a text file inside it")
+        raise CharlmError(f"{what} {path} is a directory; pass {flag} with a text file inside it")
+    mode = path.stat().st_mode
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
+        raise CharlmError(f"{what} {path} is a device, not a text file; pass {flag} with a text file")
+    if stat.S_ISREG(mode) and path.suffix.lower() not in (".gz", ".zip") and path.stat().st_size > MAX_BYTES:
+        raise _too_big(str(path))
+    if member is not None and path.suffix.lower() != ".zip":
+        raise CharlmError(f"--member chooses a file inside a .zip, and {path} is not one; drop --member")
     name = str(path)
     if path.suffix.lower() == ".zip":
         raw, name = _read_zip(path, member)
     elif path.suffix.lower() == ".gz":
         try:
             with gzip.open(path, "rb") as f:
-                raw = f.read()
-        except (OSError, EOFError) as e:
+                raw = f.read(MAX_BYTES + 1)
+        except (OSError, EOFError, zlib.error) as e:
             raise CharlmError(f"{path} is not a readable gzip file ({e})") from None
     else:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:  # bounded: a pipe or FIFO may never end
+            raw = f.read(MAX_BYTES + 1)
+    if len(raw) > MAX_BYTES:
+        raise _too_big(name)
     text = _decode(raw, encoding, name)
     if text.startswith("\ufeff"):
         text = text[1:]
     if not text.strip():
-        raise CharlmError(f"corpus {name} is {'empty' if not text else 'only whitespace'}; give a file with text in it")
+        raise CharlmError(f"{what} {name} is {'empty' if not text else 'only whitespace'}; give a file with text in it")
     return text
 
 
@@ -148,10 +214,29 @@ class Corpus:
     val: np.ndarray  # (n_val,) int64
     source: str
     fingerprint: str
+    # The tuning slice (see carve_tune): the end of the training text, which `train` then excludes.
+    tune: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def train_text(self) -> str:
         return self.text[: len(self.train)]
+
+
+def carve_tune(corpus: Corpus, fraction: float, cap: int = 0) -> Corpus:
+    """`corpus` with the last `fraction` of its training text (at most `cap` characters if given) moved to `tune`.
+
+    The slice comes off the end of the training part, so it never touches the
+    validation text: text = train | tune | val, in that order.
+    """
+    if fraction <= 0 or len(corpus.tune):
+        return corpus
+    whole = corpus.train
+    n = int(round(len(whole) * fraction))
+    n = max(2, min(n, cap) if cap else n)
+    if n >= len(whole) // 2:
+        raise CharlmError(f"the training text ({len(whole)} characters) is too short to carve a tuning slice "
+                          f"of {n}; lower --tune-fraction or use 0")
+    return replace(corpus, train=whole[:-n], tune=whole[-n:])
 
 
 def split(indices: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -162,9 +247,9 @@ def split(indices: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndar
     return indices[:-n_val], indices[-n_val:]
 
 
-def load_corpus(config) -> Corpus:
-    """Resolve, read, prepare, encode and split the corpus named by a Config."""
-    path = resolve_corpus(config.corpus)
+def load_corpus(config, log=None) -> Corpus:
+    """Resolve, read, prepare, encode and split the corpus named by a Config (`log` gets warnings)."""
+    path = resolve_corpus(config.corpus, log)
     key = corpus_key(path, config)  # stat and hash before reading: see charlm/encode_cache.py
     text = prepare_text(read_text(path, config.member, config.encoding), config.newlines, config.max_chars)
     encoded = load_encoded(key, text)  # reused from the cache when the file and options are unchanged

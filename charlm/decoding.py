@@ -19,10 +19,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
+from . import defaults
 from .errors import CharlmError
 from .models import eval_mode
+from .verse import Shape, ShapeState
 
 
 def greedy(logits: torch.Tensor, generator=None) -> torch.Tensor:
@@ -71,6 +74,8 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     `seen` is a (batch, vocab) boolean mask of the characters in each stream so far, prefix included.
     """
     penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    big = torch.finfo(penalised.dtype).max  # an extreme penalty must not overflow into +-inf
+    penalised = torch.where(torch.isfinite(logits), penalised.clamp(-big, big), logits)
     return torch.where(seen, penalised, logits)  # (batch, vocab)
 
 
@@ -118,19 +123,27 @@ def sample_from_logits(logits: torch.Tensor, generator=None) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Sampler:
-    """Ancestral sampling: divide the logits by the temperature, filter by top-k then top-p, and draw."""
+    """Ancestral sampling: divide the logits by the temperature, filter by top-k then top-p, and draw.
+
+    The row's largest logit is subtracted before dividing, so no temperature, however small,
+    overflows: a tiny one leaves only the arg-max (ties drawn evenly), as the limit should.
+    """
 
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
 
     def __call__(self, logits: torch.Tensor, generator=None) -> torch.Tensor:
-        logits = logits / self.temperature
+        shifted = logits - logits.amax(dim=-1, keepdim=True)  # all <= 0: dividing never gives +inf
+        if self.temperature < 1e-20:  # would round to 0 in float32 (0/0): the limit keeps only the maxima
+            logits = shifted.masked_fill(shifted < 0, float("-inf"))
+        else:
+            logits = shifted / self.temperature
         logits = top_p_filter(top_k_filter(logits, self.top_k), self.top_p)
         return sample_from_logits(logits, generator)
 
 
-# --- one decoding setting, from flags or from a "top_k=5" spec -----------------------------
+# --- one decoding setting, from flags or from a "top-k=5" spec -----------------------------
 
 _SPEC_KEYS = {"temperature": float, "top_k": int, "top_p": float, "num_beams": int, "repetition_penalty": float}
 
@@ -172,27 +185,34 @@ class Decoding:
         return Sampler(self.temperature, self.top_k, self.top_p) if self.sample else greedy
 
     def label(self) -> str:
-        """A short name that `parse_decoding` reads back, e.g. 'greedy', 'top_k=5', 'num_beams=4'."""
+        """A short name that `parse_decoding` reads back, spelled as the flags are: 'greedy', 'top-k=5', 'num-beams=4'."""
         parts = []
         if self.num_beams > 1:
-            parts.append(f"num_beams={self.num_beams}")
+            parts.append(f"num-beams={self.num_beams}")
         elif self.sample:
             if self.temperature != 1.0 or (self.top_k == 0 and self.top_p == 1.0):
                 parts.append(f"temperature={self.temperature:g}")
             if self.top_k:
-                parts.append(f"top_k={self.top_k}")
+                parts.append(f"top-k={self.top_k}")
             if self.top_p < 1.0:
-                parts.append(f"top_p={self.top_p:g}")
+                parts.append(f"top-p={self.top_p:g}")
         else:
             parts.append("greedy")
         if self.repetition_penalty != 1.0:
-            parts.append(f"repetition_penalty={self.repetition_penalty:g}")
+            parts.append(f"repetition-penalty={self.repetition_penalty:g}")
         return "+".join(parts)
 
 
+# What `charlm generate` does when no strategy is named: chosen by an `evaluate` grid on a lyrics and a
+# Song ci model (docs/decoding.md), together with the copy guard (copyguard.DEFAULT_MAX_COPY).
+DEFAULT_DECODING = Decoding(sample=True, temperature=defaults.TEMPERATURE, top_p=defaults.TOP_P)
+
+
 def parse_decoding(spec: str) -> Decoding:
-    """One setting from text: 'greedy', 'temperature=0.8', 'top_k=5', 'top_p=0.9', 'num_beams=4',
-    'repetition_penalty=1.2', or several joined by '+' (e.g. 'top_k=40+temperature=0.7')."""
+    """One setting from text: 'greedy', 'temperature=0.8', 'top-k=5', 'top-p=0.9', 'num-beams=4',
+    'repetition-penalty=1.2', or several joined by '+' (e.g. 'top-k=40+temperature=0.7').
+
+    The keys are spelled as generate's flags; the older 'top_k' spelling is read too."""
     values: dict = {}
     sample = False
     for part in spec.strip().split("+"):
@@ -206,11 +226,11 @@ def parse_decoding(spec: str) -> Decoding:
             continue
         if key not in _SPEC_KEYS or not raw:
             raise CharlmError(f"cannot read decoding setting {part!r} in {spec!r}; use greedy, sample, "
-                              + ", ".join(f"{k}=N" for k in _SPEC_KEYS) + " (join several with '+')")
+                              + ", ".join(f"{k.replace('_', '-')}=N" for k in _SPEC_KEYS) + " (join several with '+')")
         try:
             values[key] = _SPEC_KEYS[key](raw.strip())
         except ValueError:
-            raise CharlmError(f"{key} needs a {_SPEC_KEYS[key].__name__} value, got {raw!r} in {spec!r}") from None
+            raise CharlmError(f"{key.replace('_', '-')} needs a {_SPEC_KEYS[key].__name__} value, got {raw!r} in {spec!r}") from None
         sample = sample or key in ("temperature", "top_k", "top_p")
     if "greedy" in [p.strip() for p in spec.split("+")] and sample:
         raise CharlmError(f"{spec!r} asks for greedy and for sampling; choose one")
@@ -218,7 +238,7 @@ def parse_decoding(spec: str) -> Decoding:
 
 
 def parse_decodings(specs: str) -> list[Decoding]:
-    """A comma-separated list of settings, e.g. 'greedy,temperature=0.8,top_k=5,top_p=0.9,num_beams=4'."""
+    """A comma-separated list of settings, e.g. 'greedy,temperature=0.8,top-k=5,top-p=0.9,num-beams=4'."""
     parts = [s for s in specs.split(",") if s.strip()]
     if not parts:
         raise CharlmError("--decoding is empty; give e.g. greedy,temperature=0.8")
@@ -296,11 +316,17 @@ def _seen_mask(encoded: list[list[int]], rows: list[int], vocab_size: int, devic
 
 @dataclass
 class Sample:
-    """One generated continuation and the model's log-probability (natural log) of each of its characters."""
+    """One generated continuation and the model's log-probability (natural log) of each of its characters.
+
+    `gave_way` counts the steps at which the copy guard and the verse rules together banned every
+    character, so that this stream took its choice from the unconstrained distribution (never
+    happens with N >= 1 unless the vocabulary is tiny).
+    """
 
     prefix: str
     text: str
     logprobs: list[float] = field(default_factory=list)
+    gave_way: int = 0
 
     @property
     def logprob(self) -> float:
@@ -308,26 +334,120 @@ class Sample:
         return float(sum(self.logprobs))
 
 
-def _to_samples(prefixes, rows, tokens, logprobs, vocab) -> list[Sample]:
+class Rules:
+    """What each stream of a batch may not write next: the copy guard's bans and the verse shape's.
+
+    `ban(scores)` sets the banned characters' scores to -inf; a stream whose every character is
+    banned keeps its scores unchanged for that step (counted in `gave_way`). `step(next)` takes
+    the chosen characters and returns which streams keep theirs (the others have ended).
+    """
+
+    def __init__(self, guard, shape: Shape, prefixes: list[str], encoded: list[list[int]], vocab, length: int):
+        B = len(prefixes)
+        self.guard, self.shape = guard, shape
+        self.lines = ShapeState(shape, prefixes, vocab, length) if shape.active else None
+        self.gave_way = np.zeros(B, dtype=np.int64)
+        self.alive = np.ones(B, dtype=bool)
+        self.end = np.full(B, length)
+        if guard is not None:
+            n = guard.n
+            self.window = np.zeros((B, n), dtype=np.int64)  # (B, n): each stream's last n characters
+            self.count = np.array([len(e) for e in encoded])  # characters in each stream, prefix included
+            for i, e in enumerate(encoded):
+                tail = e[-n:]
+                self.window[i, n - len(tail):] = tail
+
+    @property
+    def active(self) -> bool:
+        return self.guard is not None or self.lines is not None
+
+    def banned(self) -> tuple[np.ndarray, np.ndarray]:
+        rows, chars = [], []
+        if self.guard is not None:
+            ready = np.flatnonzero(self.count >= self.guard.n)  # a copy of n+1 needs n characters before
+            if len(ready):
+                r, c = self.guard.banned(self.window[ready])
+                rows.append(ready[r])
+                chars.append(c)
+        if self.lines is not None:
+            r, c = self.lines.bans()
+            rows.append(r)
+            chars.append(c)
+        if not rows:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        return np.concatenate(rows), np.concatenate(chars)
+
+    def ban(self, scores: torch.Tensor) -> torch.Tensor:
+        """(B, V) scores with the banned characters at -inf."""
+        rows, chars = self.banned()
+        if not len(rows):
+            return scores
+        masked = scores.clone()
+        masked[torch.from_numpy(rows).to(scores.device), torch.from_numpy(chars).to(scores.device)] = float("-inf")
+        dead = torch.isneginf(masked.amax(dim=-1))  # (B,): nothing left to choose
+        if bool(dead.any()):  # that stream's step goes unconstrained
+            masked[dead] = scores[dead]
+            self.gave_way[dead.cpu().numpy()] += 1
+        return masked
+
+    def step(self, nxt: torch.Tensor) -> np.ndarray:
+        chosen = nxt.cpu().numpy()
+        if self.guard is not None:
+            self.window[:, :-1] = self.window[:, 1:]
+            self.window[:, -1] = chosen
+            self.count += 1
+        if self.lines is not None:
+            keep = self.lines.step(chosen)
+            self.alive, self.end = self.lines.alive, self.lines.end
+            return keep
+        return self.alive
+
+    def reorder(self, rows: np.ndarray) -> None:
+        """Beam search: each new beam inherits its parent's history."""
+        self.gave_way = self.gave_way[rows]
+        if self.guard is not None:
+            self.window = self.window[rows]
+        if self.lines is not None:
+            self.lines.reorder(rows)
+            self.alive, self.end = self.lines.alive, self.lines.end
+
+
+def _to_samples(prefixes, rows, tokens, logprobs, vocab, rules: Rules | None = None) -> list[Sample]:
     tokens, logprobs = tokens.tolist(), logprobs.tolist()
-    return [Sample(prefixes[p], vocab.decode(t), lp) for p, t, lp in zip(rows, tokens, logprobs)]
+    out = []
+    for i, (p, t, lp) in enumerate(zip(rows, tokens, logprobs)):
+        gave_way = 0
+        if rules is not None:
+            end = int(rules.end[i])
+            t, lp, gave_way = t[:end], lp[:end], int(rules.gave_way[i])
+        text = vocab.decode(t)
+        if rules is not None and rules.shape.tidy:  # a sample never ends in blank space
+            text = text.rstrip()
+            lp = lp[:len(text)]
+        out.append(Sample(prefixes[p], text, lp, gave_way))
+    return out
 
 
-def _run_streams(model, group: _Group, length: int, choose, penalty: float, seen, generator, on_step):
-    """Step every stream of `group` `length` times; returns (tokens, logprobs), both (streams, length)."""
+def _run_streams(model, group: _Group, length: int, choose, penalty: float, seen, generator, on_step, rules):
+    """Step every stream of `group` at most `length` times; returns (tokens, logprobs), both (streams, steps)."""
     logits, state = group.logits, group.state
     B, device = logits.shape[0], logits.device
-    tokens = torch.empty(B, length, dtype=torch.long, device=device)
-    logprobs = torch.empty(B, length, dtype=torch.float32, device=device)
+    tokens = torch.zeros(B, length, dtype=torch.long, device=device)
+    logprobs = torch.zeros(B, length, dtype=torch.float32, device=device)
     for t in range(length):
         scores = apply_repetition_penalty(logits, seen, penalty) if seen is not None else logits
+        if rules is not None:
+            scores = rules.ban(scores)
         nxt = choose(scores, generator)  # (B,)
         logprobs[:, t] = logits.float().log_softmax(-1).gather(1, nxt[:, None]).squeeze(1)
         tokens[:, t] = nxt
         if seen is not None:
             seen.scatter_(1, nxt[:, None], True)
+        keep = rules.step(nxt) if rules is not None else None
         if on_step is not None:
-            on_step(nxt)
+            on_step(nxt if keep is None else nxt.masked_fill(~torch.from_numpy(keep).to(device), -1))
+        if keep is not None and not keep.any():
+            break  # every stream has ended
         if t + 1 < length:  # the last character needs no further step
             logits, state = model(nxt[:, None], state)  # (B, 1, vocab)
             logits = logits[:, -1]
@@ -335,12 +455,17 @@ def _run_streams(model, group: _Group, length: int, choose, penalty: float, seen
 
 
 def generate(model, vocab, prefixes, length: int, decoding: Decoding = Decoding(), num_samples: int = 1,
-             generator: torch.Generator | None = None, device=None, on_step=None) -> list[Sample]:
+             generator: torch.Generator | None = None, device=None, on_step=None, *, guard=None,
+             shape: Shape = Shape()) -> list[Sample]:
     """Continue each prefix `num_samples` times, all streams in one batch; returns prefix-major samples.
 
     `prefixes` is one string or a list; with beam search, `num_samples` is how many of the
-    best beams to return per prefix. `on_step(indices)` (a (streams,) tensor) is called after
-    every step, e.g. to print characters as they come.
+    best beams to return per prefix. `guard` (a copyguard.CopyGuard) bans every character that
+    would make a span of more than `guard.n` characters of the corpus (a span may start in the
+    prefix; one inside the prefix is the user's own). `shape` (verse.Shape) stops streams after
+    K lines or at the end of a song and keeps blank lines tidy; `length` is then the most
+    characters a sample may have. `on_step(indices)` (a (streams,) tensor, -1 for a stream that
+    has ended) is called after every step, e.g. to print characters as they come (not for beams).
     """
     prefixes = [prefixes] if isinstance(prefixes, str) else list(prefixes)
     decoding.validate()
@@ -348,10 +473,15 @@ def generate(model, vocab, prefixes, length: int, decoding: Decoding = Decoding(
         raise CharlmError(f"--num-samples must be 1 or more, got {num_samples}")
     if length < 0:
         raise CharlmError(f"--length must be 0 or more, got {length}")
+    if shape.lines < 0:
+        raise CharlmError(f"--lines must be 0 (no limit) or more, got {shape.lines}")
     encoded = [encode_prefix(p, vocab) for p in prefixes]
+    if guard is not None and guard.vocab_size != len(vocab):
+        raise CharlmError(f"the copy-guard index is for a vocabulary of {guard.vocab_size} characters, "
+                          f"the model has {len(vocab)}; it belongs to another run")
     if decoding.num_beams > 1:
         return beam_search(model, vocab, prefixes, length, decoding.num_beams, num_samples,
-                           decoding.repetition_penalty, device)
+                           decoding.repetition_penalty, device, guard=guard, shape=shape)
     if length == 0:
         return [Sample(p, "", []) for p in prefixes for _ in range(num_samples)]
     with eval_mode(model):
@@ -362,21 +492,26 @@ def generate(model, vocab, prefixes, length: int, decoding: Decoding = Decoding(
             samples: dict[int, list[Sample]] = {}
             for group in _prime(model, encoded, num_samples, dims, device):
                 seen = _seen_mask(encoded, group.rows, len(vocab), device) if penalty != 1.0 else None
-                tokens, logprobs = _run_streams(model, group, length, choose, penalty, seen, generator, on_step)
-                for row, s in zip(group.rows, _to_samples(prefixes, group.rows, tokens, logprobs, vocab)):
+                rules = Rules(guard, shape, [prefixes[p] for p in group.rows], [encoded[p] for p in group.rows],
+                              vocab, length)
+                rules = rules if rules.active else None
+                tokens, logprobs = _run_streams(model, group, length, choose, penalty, seen, generator, on_step, rules)
+                for row, s in zip(group.rows, _to_samples(prefixes, group.rows, tokens, logprobs, vocab, rules)):
                     samples.setdefault(row, []).append(s)
             return [s for p in range(len(prefixes)) for s in samples[p]]
 
 
 def beam_search(model, vocab, prefixes, length: int, num_beams: int, num_return: int = 1,
-                repetition_penalty: float = 1.0, device=None) -> list[Sample]:
+                repetition_penalty: float = 1.0, device=None, *, guard=None, shape: Shape = Shape()) -> list[Sample]:
     """Keep the `num_beams` most probable continuations of each prefix, all prefixes in one batch.
 
         step t:  K beams x V characters -> the K best (beam, character) pairs by total log-probability
                  -> each new beam copies its parent's state and history, then reads its character
 
     Returns the `num_return` best of each prefix, best first. Beam search finds a more probable
-    text than arg-max on most models, but (with a fixed width) it is not guaranteed to.
+    text than arg-max on most models, but (with a fixed width) it is not guaranteed to. The copy
+    guard and tidy rules remove candidates; a beam that reaches a stop (`shape.lines`, the end of a
+    song) is cut there at the end (the search itself runs the full length).
     """
     prefixes = [prefixes] if isinstance(prefixes, str) else list(prefixes)
     K = num_beams
@@ -397,6 +532,9 @@ def beam_search(model, vocab, prefixes, length: int, num_beams: int, num_return:
                 P, V = len(group.rows) // K, len(vocab)
                 logits, state = group.logits, group.state  # (P*K, V)
                 seen = _seen_mask(encoded, group.rows, V, device) if repetition_penalty != 1.0 else None
+                rules = Rules(guard, shape, [prefixes[p] for p in group.rows], [encoded[p] for p in group.rows],
+                              vocab, length)
+                rules = rules if rules.active else None
                 scores = torch.zeros(P, K, device=device)
                 scores[:, 1:] = float("-inf")  # all K copies start equal: expand only the first at step 1
                 tokens = torch.empty(P * K, 0, dtype=torch.long, device=device)
@@ -406,6 +544,8 @@ def beam_search(model, vocab, prefixes, length: int, num_beams: int, num_return:
                     model_lp = logits.float().log_softmax(-1)  # (P*K, V)
                     search_lp = (apply_repetition_penalty(logits, seen, repetition_penalty).float().log_softmax(-1)
                                  if seen is not None else model_lp)
+                    if rules is not None:
+                        search_lp = rules.ban(search_lp)
                     cand = (scores.view(-1, 1) + search_lp).view(P, K * V)  # (P, K*V)
                     scores, best = cand.topk(K, dim=1)  # (P, K), best first
                     rows = (base + best // V).view(-1)  # (P*K,): the parent of each new beam
@@ -414,12 +554,17 @@ def beam_search(model, vocab, prefixes, length: int, num_beams: int, num_return:
                     logprobs = torch.cat([logprobs[rows], model_lp[rows, chars][:, None]], 1)
                     if seen is not None:
                         seen = seen[rows].scatter_(1, chars[:, None], True)
+                    if rules is not None:
+                        rules.reorder(rows.cpu().numpy())
+                        rules.step(chars)
                     if t + 1 < length:
                         logits, state = model(chars[:, None], _select(state, dims, rows))  # (P*K, 1, V)
                         logits = logits[:, -1]
                 keep = (base + torch.arange(num_return, device=device)).view(-1)  # beams are sorted best first
+                if rules is not None:
+                    rules.reorder(keep.cpu().numpy())
                 rows = [group.rows[i] for i in keep.tolist()]
-                for row, s in zip(rows, _to_samples(prefixes, rows, tokens[keep], logprobs[keep], vocab)):
+                for row, s in zip(rows, _to_samples(prefixes, rows, tokens[keep], logprobs[keep], vocab, rules)):
                     samples.setdefault(row, []).append(s)
             return [s for p in range(len(prefixes)) for s in samples[p]]
 

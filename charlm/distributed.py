@@ -22,6 +22,7 @@ trainer calls the same methods either way and never asks which one it has.
 from __future__ import annotations
 
 import atexit
+import inspect
 import os
 import re
 import sys
@@ -78,6 +79,16 @@ class Group:
         return f"Group(rank={self.rank}, world_size={self.world_size}, local_rank={self.local_rank}, backend={self.backend})"
 
     # --- before training ----------------------------------------------------
+    def check_rendezvous(self, environ=None) -> None:
+        """Under RANK / WORLD_SIZE the ranks meet at $MASTER_ADDR:$MASTER_PORT (torchrun sets both); refuse
+        before anything is written when they are missing, rather than fail inside init_process_group."""
+        environ = os.environ if environ is None else environ
+        missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not environ.get(name)]
+        if self.launched and missing:
+            raise CharlmError(f"$RANK and $WORLD_SIZE are set but ${' and $'.join(missing)} "
+                              f"{'is' if len(missing) == 1 else 'are'} not: launch distributed runs with torchrun, "
+                              "or unset RANK and WORLD_SIZE to train in one process")
+
     def check_batch_size(self, batch_size: int) -> None:
         """The global --batch-size must split into equal shares, one per rank."""
         if batch_size % self.world_size:
@@ -107,6 +118,7 @@ class Group:
         else:
             raise CharlmError(f"distributed training runs on the CPU (gloo) or on CUDA GPUs (nccl), not on {device.type}")
         if not self.started:
+            self.check_rendezvous()
             if not dist.is_available() or (backend == "gloo" and not dist.is_gloo_available()):
                 raise CharlmError("this PyTorch build has no torch.distributed gloo backend; run without torchrun")
             dist.init_process_group(backend, timeout=timedelta(seconds=collective_timeout()),
@@ -176,7 +188,12 @@ class Group:
         if not any(p.requires_grad for p in model.parameters()):
             return model  # nothing learnt by gradient: nothing to synchronise
         device_ids = [model_device(model)] if model_device(model).type == "cuda" else None
-        return Replicated(model, device_ids=device_ids, forward_sync_buffers=False)
+        # torch >= 2.13 names the switch forward_sync_buffers (broadcast_buffers is deprecated there);
+        # older releases only know broadcast_buffers, whose False also skips the start-up copy: the
+        # ranks build identical buffers from the same corpus and seed, so nothing is lost
+        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+            return Replicated(model, device_ids=device_ids, forward_sync_buffers=False)
+        return Replicated(model, device_ids=device_ids, broadcast_buffers=False)
 
     def shard(self, X: torch.Tensor, Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's rows of a global minibatch: rows [rank * B/R, (rank + 1) * B/R)."""
@@ -237,7 +254,7 @@ def collective_timeout() -> float:
         seconds = float(raw)
     except ValueError:
         seconds = -1.0
-    if not seconds > 0:
+    if not 0 < seconds < 10**9:  # nan, inf and beyond-timedelta values too
         raise CharlmError(f"${TIMEOUT_ENV} must be a positive number of seconds, got {raw!r}")
     return seconds
 

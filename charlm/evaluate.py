@@ -13,13 +13,15 @@ import numpy as np
 import torch
 
 from .corpus import Corpus, load_corpus, prepare_text, read_text
-from .decoding import Decoding, drop_unknown, encode_prefix, generate
+from .copyguard import DEFAULT_MAX_COPY, CopyGuard
+from .decoding import DEFAULT_DECODING, Decoding, drop_unknown, encode_prefix, generate
 from .errors import CharlmError
 from .quality import CopyIndex, sample_report
 from .trainer import evaluate as carried_perplexity
+from .verse import CLASSIC_PREFIXES, Shape
 
-DEFAULT_DECODINGS = "greedy,temperature=0.8,top_k=5,top_p=0.9,num_beams=4"
-DEFAULT_PREFIXES = ("分开", "不分开")
+DEFAULT_DECODINGS = "greedy,temperature=0.8,top-k=5,top-p=0.9,num-beams=4," + DEFAULT_DECODING.label()
+DEFAULT_PREFIXES = CLASSIC_PREFIXES
 MIN_COPY = 8  # a copied span this long or longer counts as memorised
 
 # (row key, table header, format): the markdown table shows these, in this order
@@ -33,10 +35,13 @@ COLUMNS = (
     ("longest_copy", "longest copy", "{}"),
     ("copied_fraction", f"copied (spans ≥{MIN_COPY})", "{:.3f}"),
     ("mean_logprob", "log-prob/char", "{:.3f}"),
+    ("longest_copy_unguarded", "longest copy, no guard", "{}"),
+    ("copied_fraction_unguarded", "copied, no guard", "{:.3f}"),
+    ("mean_logprob_unguarded", "log-prob/char, no guard", "{:.3f}"),
 )
 
 
-def training_corpus(payload: dict, corpus_path: str | None = None) -> Corpus:
+def training_corpus(payload: dict, corpus_path: str | None = None, log=None) -> Corpus:
     """The corpus a checkpoint was trained on (its train and validation text), checked by fingerprint.
 
     `corpus_path` points to the file when it has moved since training.
@@ -46,7 +51,7 @@ def training_corpus(payload: dict, corpus_path: str | None = None) -> Corpus:
     config = Config.from_dict(payload["config"])
     if corpus_path:
         config = replace(config, corpus=corpus_path)
-    corpus = load_corpus(config)
+    corpus = load_corpus(config, log)
     saved = payload.get("corpus", {})
     if saved.get("fingerprint") and corpus.fingerprint != saved["fingerprint"]:
         raise CharlmError(f"{corpus.source} is not the text this model was trained on (fingerprint {corpus.fingerprint}, "
@@ -80,49 +85,77 @@ def perplexity_on(model, indices, device=None) -> float:
 
 
 def decoding_rows(model, vocab, training_text: str | CopyIndex, decodings: list[Decoding], prefixes, num_samples: int,
-                  length: int, seed: int = 0, device=None, min_copy: int = MIN_COPY) -> list[dict]:
+                  length: int, seed: int = 0, device=None, min_copy: int = MIN_COPY,
+                  guard: CopyGuard | None = None, shape: Shape = Shape()) -> list[dict]:
     """One row of sample-quality measures per decoding setting.
 
     Each sampling setting draws `num_samples` continuations of `length` characters per prefix (all
     in one batch, its own generator seeded with `seed`, so rows do not depend on their order);
     greedy and beam search are deterministic, so they give one continuation per prefix. Only the
-    continuation is measured: the prefix is copied from the training text on purpose.
+    continuation is measured: the prefix is copied from the training text on purpose. With a
+    `guard`, every setting is run twice, with the copy guard and without it (the `_unguarded`
+    columns), from the same seed.
     """
     copy_index = training_text if isinstance(training_text, CopyIndex) else CopyIndex(training_text)
     device = device or next(model.parameters()).device
     prefixes = list(prefixes)
     for p in prefixes:
         encode_prefix(p, vocab)
-    rows = []
-    for decoding in decodings:
+
+    def measure(decoding: Decoding, with_guard) -> tuple[dict, list]:
         generator = torch.Generator(device=device).manual_seed(seed)
         n = 1 if decoding.deterministic else num_samples
-        samples = generate(model, vocab, prefixes, length, decoding, n, generator, device)
-        texts = [s.text for s in samples]
+        samples = generate(model, vocab, prefixes, length, decoding, n, generator, device,
+                           guard=with_guard, shape=shape)
         chars = sum(len(s.logprobs) for s in samples)
-        row = {"decoding": decoding.label(), "samples": len(samples)}
-        row.update(sample_report(texts, copy_index, min_copy))
-        row["mean_logprob"] = sum(s.logprob for s in samples) / chars if chars else float("nan")
+        report = sample_report([s.text for s in samples], copy_index, min_copy)
+        report["mean_logprob"] = sum(s.logprob for s in samples) / chars if chars else float("nan")
+        report["blank_samples"] = sum(not s.text.strip() for s in samples)
+        return report, samples
+
+    rows = []
+    for decoding in decodings:
+        report, samples = measure(decoding, guard)
+        row = {"decoding": decoding.label(), "samples": len(samples), **report}
+        plain = measure(decoding, None)[0] if guard is not None else report  # guard off: the same numbers
+        row.update({f"{k}_unguarded": plain[k] for k in ("longest_copy", "copied_fraction", "mean_logprob")})
+        row["gave_way"] = sum(s.gave_way for s in samples)
         row["example"] = {"prefix": samples[0].prefix, "text": samples[0].text}
         rows.append(row)
     return rows
 
 
+def default_prefixes(payload: dict, vocab) -> list[str]:
+    """The run's own prefixes (its config's, chosen from its corpus at training time) that the vocabulary spells."""
+    saved = payload.get("config", {}).get("prefixes") or CLASSIC_PREFIXES
+    kept = [p for p in saved if p and not vocab.unknown(p)]
+    if not kept:
+        raise CharlmError(f"none of the run's prefixes ({', '.join(map(repr, saved))}) is spelled by its vocabulary; "
+                          "give one with --prefix")
+    return kept
+
+
 def evaluate_model(model, vocab, payload: dict, *, text_path: str | None = None, corpus_path: str | None = None,
-                   unknown: str = "error", decodings: list[Decoding], prefixes=DEFAULT_PREFIXES, num_samples: int = 8,
-                   length: int = 100, seed: int = 0, device=None, warn=lambda line: None) -> dict:
+                   unknown: str = "error", decodings: list[Decoding], prefixes=None, num_samples: int = 8,
+                   length: int = 100, seed: int = 0, device=None, warn=lambda line: None,
+                   text_member: str | None = None, text_encoding: str | None = None,
+                   max_copy: int = DEFAULT_MAX_COPY) -> dict:
     """Everything `charlm evaluate` reports for a loaded checkpoint, as one JSON-ready dict.
 
     Perplexity is measured on `text_path` (read and prepared as the training text was) or, by
-    default, on the checkpoint's own validation text; copies are looked up in its training text.
-    With `unknown='skip'`, characters outside the vocabulary are dropped (and `warn` is told).
+    default, on the checkpoint's own validation text; copies are looked up in its whole corpus text
+    (training and validation: the user's file is what must not be recited). `max_copy` N > 0 runs
+    every setting with the copy guard at N (built here from that text) and without it; `prefixes`
+    None takes the run's own. With `unknown='skip'`, characters outside the vocabulary are dropped
+    (and `warn` is told).
     """
     from .config import Config
 
-    corpus = training_corpus(payload, corpus_path)
+    corpus = training_corpus(payload, corpus_path, warn)
     if text_path:
         config = Config.from_dict(payload["config"])
-        text = prepare_text(read_text(text_path, None, config.encoding), config.newlines)
+        text = prepare_text(read_text(text_path, text_member, text_encoding or config.encoding, what="text",
+                                      flag="--text"), config.newlines)
         indices, skipped = text_indices(text, vocab, unknown)
         if skipped:
             warn(f"skipped {skipped:,} characters of {text_path} that are not in the model's vocabulary")
@@ -130,7 +163,7 @@ def evaluate_model(model, vocab, payload: dict, *, text_path: str | None = None,
     else:
         indices, skipped, source = corpus.val, 0, f"validation text of {corpus.source}"
     kept = []
-    for prefix in prefixes:
+    for prefix in (prefixes or default_prefixes(payload, vocab)):
         if unknown == "skip":
             cleaned, dropped = drop_unknown(prefix, vocab)
             if not cleaned:
@@ -139,12 +172,17 @@ def evaluate_model(model, vocab, payload: dict, *, text_path: str | None = None,
                 warn(f"dropped {' '.join(map(repr, dropped))} from prefix {prefix!r}: not in the model's vocabulary")
             prefix = cleaned
         kept.append(prefix)
-    rows = decoding_rows(model, vocab, corpus.train_text, decodings, kept, num_samples, length, seed, device)
+    guard = None
+    if max_copy > 0:
+        guard = CopyGuard.from_text(corpus.text, corpus.vocab, max_copy, corpus.fingerprint)
+    rows = decoding_rows(model, vocab, CopyIndex(corpus.text), decodings, kept, num_samples, length, seed, device,
+                         guard=guard, shape=Shape(tidy=True))
     return {
         "perplexity": {"value": perplexity_on(model, indices, device), "text": source,
                        "characters": int(len(indices)), "skipped": skipped},
         "settings": {"prefixes": kept, "samples": num_samples, "length": length, "seed": seed,
-                     "min_copy": MIN_COPY, "training_chars": len(corpus.train_text)},
+                     "min_copy": MIN_COPY, "training_chars": len(corpus.train_text),
+                     "corpus_chars": len(corpus.text), "max_copy": max_copy},
         "rows": rows,
     }
 
@@ -154,5 +192,5 @@ def markdown_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(h for _, h, _ in COLUMNS) + " |",
              "|" + "|".join("---" if k == "decoding" else "---:" for k, _, _ in COLUMNS) + "|"]
     for row in rows:
-        lines.append("| " + " | ".join(fmt.format(row[k]) for k, _, fmt in COLUMNS) + " |")
+        lines.append("| " + " | ".join(fmt.format(row[k]) if k in row else "" for k, _, fmt in COLUMNS) + " |")
     return "\n".join(lines)

@@ -7,6 +7,8 @@ import math
 import os
 from pathlib import Path
 
+from .errors import CharlmError
+
 
 def perplexity(total_loss: float, n_chars: int) -> float:
     """exp(total cross-entropy / total characters): weighted by characters, not averaged over batches."""
@@ -22,18 +24,34 @@ class MetricsLog:
     def append(self, record: dict) -> None:
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         # one write() of the whole line on an O_APPEND descriptor, then fsync: a crash leaves whole lines
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._check_is_file()
         try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise CharlmError(f"cannot append to {self.path} ({e.strerror or e}); the checkpoints are saved, "
+                              "and resuming rewrites this log from last.pt") from None
 
     def truncate_to(self, records: list[dict]) -> None:
         """Rewrite the log to hold exactly `records` (used on resume, dropping epochs after the checkpoint)."""
+        self._check_is_file()
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError as e:
+            if tmp.is_file():
+                tmp.unlink()
+            raise CharlmError(f"cannot rewrite {self.path} ({e.strerror or e}); it is left as it was") from None
+
+    def _check_is_file(self) -> None:
+        if self.path.is_dir() or (self.path.exists() and not self.path.is_file()):
+            raise CharlmError(f"{self.path} is not a regular file (a directory?); move it away so that the "
+                              "metrics log can be written")
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -128,47 +128,88 @@ def _versus(a: Summary, b: Summary, values=lambda s: s.best_val) -> tuple[float,
     return mb - ma, spread, max(values(a)) < min(values(b))
 
 
-def _spread_words(lead: float, spread: float | None) -> str:
+def _seed_value(s: Summary, pick, values=lambda s: s.best_val) -> tuple[int, float]:
+    """(seed, value) of the seed of `s` that `pick` (min or max) chooses by `values`."""
+    return pick(zip(s.seeds, values(s)), key=lambda sv: sv[1])
+
+
+def beats(a: Summary, b: Summary, values=lambda s: s.best_val) -> tuple[bool, str]:
+    """Whether the seeds support "a is lower than b" (every seed of a below every seed of b, or a mean lead larger
+    than the seed-to-seed spread), and the words that say why, or what the seeds disagree on."""
+    lead, spread, every_seed = _versus(a, b, values)
     if spread is None:
-        return ("with one seed per configuration the seed-to-seed spread is unknown; "
-                "run --seeds 2 or more to tell whether this lead is real")
-    if lead > spread:
-        return (f"the lead of {lead:.3f} is larger than the seed-to-seed spread ({spread:.3f}, "
-                "the two standard deviations added)")
-    return (f"the lead of {lead:.3f} is within the seed-to-seed spread ({spread:.3f}, the two standard deviations "
-            "added): these seeds cannot tell the two apart")
+        return False, ("with one seed per configuration the seed-to-seed spread is unknown; "
+                       "run --seeds 2 or more to tell whether this lead is real")
+    beyond = lead > spread
+    spread_words = (f"the lead of {lead:.3f} is {'larger than' if beyond else 'within'} the seed-to-seed spread "
+                    f"({spread:.3f}, the two standard deviations added)")
+    if every_seed:
+        return True, f"every seed of {a.label} beat every seed of {b.label}, and {spread_words}"
+    (seed_b, best_b), (seed_a, worst_a) = _seed_value(b, min, values), _seed_value(a, max, values)
+    disagree = f"seed {seed_b} of {b.label} ({best_b:.3f}) beat seed {seed_a} of {a.label} ({worst_a:.3f})"
+    if beyond:
+        return True, f"{spread_words}, although {disagree}"
+    return False, f"the seeds disagree: {disagree}, and {spread_words}, so these seeds cannot tell the two apart"
 
 
 def conclusions(summaries: list[Summary]) -> list[str]:
-    """Sentences computed from the results: the best configuration, its lead, and the effect of each grid axis."""
+    """Sentences computed from the results: the best configuration, its lead, the effect of each grid axis and
+    overfitting; each claim is made only when every seed, or the mean and its spread, supports it."""
     if not summaries:
         return ["No run finished, so there is nothing to compare yet."]
     ranked = sorted(summaries, key=lambda s: mean_std(s.best_val)[0])
     best = ranked[0]
-    lines = [f"**Best: {best.label}** ({best.optimizer}) with a best validation perplexity of "
-             f"{fmt(best.best_val)} over {len(best.runs)} seed{'s' if len(best.runs) > 1 else ''}."]
-    if len(ranked) > 1:
-        second = ranked[1]
-        lead, spread, all_seeds = _versus(best, second)
-        seeds = ""
-        if all_seeds and spread is not None:
-            seeds = ("; every seed of the best beat every seed of the runner-up" if lead > spread
-                     else "; every seed of the best did beat every seed of the runner-up, but more seeds would be "
-                          "needed to trust that")
-        lines.append(f"Runner-up: {second.label} with {fmt(second.best_val)}; {_spread_words(lead, spread)}{seeds}.")
+    n_seeds = f"{len(best.runs)} seed{'s' if len(best.runs) > 1 else ''}"
+    if len(ranked) == 1:
+        return [f"**Only configuration: {best.label}** ({best.optimizer}) with a best validation perplexity of "
+                f"{fmt(best.best_val)} over {n_seeds}."] + _overfitting(summaries)
+    second = ranked[1]
+    supported, why = beats(best, second)
+    if supported:
+        lines = [f"**Best: {best.label}** ({best.optimizer}) with a best validation perplexity of "
+                 f"{fmt(best.best_val)} over {n_seeds}.",
+                 f"Runner-up: {second.label} with {fmt(second.best_val)}; {why}."]
+    else:
+        lines = [f"**Lowest mean: {best.label}** ({best.optimizer}) with a best validation perplexity of "
+                 f"{fmt(best.best_val)} over {n_seeds}; not shown to be the best.",
+                 f"Next: {second.label} with {fmt(second.best_val)}; {why}."]
     for axis in ("sampler", "model", "hidden"):
         lines += _axis_effect(summaries, axis)
-    overfit = [s for s in summaries if not s.reference and mean_std(s.final_val)[0] > 1.01 * mean_std(s.best_val)[0]]
-    for s in overfit:
-        final, bst = mean_std(s.final_val)[0], mean_std(s.best_val)[0]
-        lines.append(f"{s.label} overfits: validation perplexity was lowest at epoch "
-                     f"{', '.join(map(str, s.best_epoch))} and ended {100 * (final / bst - 1):.1f}% higher "
-                     "(best.pt keeps the best epoch).")
+    return lines + _overfitting(summaries)
+
+
+def _seed_list(s: Summary, idx: list[int]) -> str:
+    return f"seed{'s' if len(idx) > 1 else ''} {', '.join(str(s.seeds[i]) for i in idx)}"
+
+
+def _overfitting(summaries: list[Summary]) -> list[str]:
+    """"X overfits" when every seed ended more than 1% above its best epoch; otherwise what the seeds disagree on."""
+    lines = []
+    for s in summaries:
+        if s.reference:
+            continue
+        rise = [100 * (final / best - 1) for final, best in zip(s.final_val, s.best_val)]
+        up = [i for i, r in enumerate(rise) if r > 1.0]
+        down = [i for i, r in enumerate(rise) if r <= 1.0]
+        if not up:
+            continue
+        if not down:
+            lines.append(f"{s.label} overfits: validation perplexity was lowest at epoch "
+                         f"{', '.join(map(str, s.best_epoch))} and ended {', '.join(f'{r:.1f}%' for r in rise)} "
+                         f"higher ({_seed_list(s, up) + '; ' if len(s.runs) > 1 else ''}best.pt keeps the best epoch).")
+            continue
+        still = all(s.best_epoch[i] == s.runs[i].metrics[-1]["epoch"] for i in down)
+        lines.append(f"{s.label}: the seeds disagree on overfitting: {_seed_list(s, up)} ended "
+                     f"{', '.join(f'{rise[i]:.1f}%' for i in up)} above {'their' if len(up) > 1 else 'its'} best "
+                     f"(epoch {', '.join(str(s.best_epoch[i]) for i in up)}), while {_seed_list(s, down)} "
+                     + ("had the best epoch at the last one, still improving" if still
+                        else f"ended within 1% of the best ({', '.join(f'{rise[i]:.1f}%' for i in down)})")
+                     + "; more epochs or seeds would tell.")
     return lines
 
 
 def _axis_effect(summaries: list[Summary], axis: str) -> list[str]:
-    """For each setting of the other axes, which value of `axis` did best and whether that beats the spread."""
+    """For each setting of the other axes, which value of `axis` did best and whether the seeds support it."""
     others = [a for a in ("model", "sampler", "hidden") if a != axis]
     groups: dict[tuple, list[Summary]] = {}
     for s in summaries:
@@ -178,14 +219,19 @@ def _axis_effect(summaries: list[Summary], axis: str) -> list[str]:
     for key, group in groups.items():
         if len(group) < 2:
             continue
-        group = sorted(group, key=lambda s: mean_std(s.best_val)[0])
-        lead, spread, _ = _versus(group[0], group[1])
-        where = ", ".join(f"{a} {v}" for a, v in zip(others, key))
-        verdict = ("beyond the spread" if spread is not None and lead > spread
-                   else "unknown spread (one seed)" if spread is None else "within the spread")
-        lines.append(f"{axis.capitalize()} ({where}): {getattr(group[0], axis)} {fmt(group[0].best_val)} "
-                     f"vs {getattr(group[1], axis)} {fmt(group[1].best_val)}: lower by {lead:.3f}, {verdict}"
-                     + (f" ({spread:.3f})." if spread is not None else "."))
+        a, b = sorted(group, key=lambda s: mean_std(s.best_val)[0])[:2]
+        lead, spread, every_seed = _versus(a, b)
+        supported, _ = beats(a, b)
+        where = ", ".join(f"{name} {v}" for name, v in zip(others, key))
+        if spread is None:
+            verdict = "unknown spread (one seed)."
+        elif supported:
+            verdict = (f"{getattr(a, axis)} is lower ({'every seed' if every_seed else 'beyond the spread'}, "
+                       f"spread {spread:.3f}).")
+        else:
+            verdict = f"the seeds disagree, within the spread ({spread:.3f})."
+        lines.append(f"{axis.capitalize()} ({where}): {getattr(a, axis)} {fmt(a.best_val)} "
+                     f"vs {getattr(b, axis)} {fmt(b.best_val)}: lower by {lead:.3f} on average; {verdict}")
     return lines
 
 

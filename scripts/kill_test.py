@@ -18,6 +18,15 @@ save); the others at a random point up to 1.5 epochs after that process wrote
 its first checkpoint, i.e. in training.
 Kills that happen to hit a checkpoint write are counted by the temporary file
 they leave behind (tests/test_signals.py kills one mid-write on purpose).
+
+Two more checks follow (`--no-extra` skips them):
+* two writers: two `charlm train --out W` processes started together (and then two
+  `--resume W` together): exactly one may write W, the other must be refused in one
+  line, and W's metrics.jsonl must list each epoch once and agree with its last.pt;
+* a full disk: a run in a tmpfs too small for its third checkpoint must stop with the
+  documented line (exit 2, "No space left on device", the resume command), keep a
+  loadable last.pt and leave no temporary file; after the tmpfs is enlarged the resume
+  finishes. This needs root to mount the tmpfs and is skipped (saying so) otherwise.
 """
 
 from __future__ import annotations
@@ -41,7 +50,7 @@ from charlm.checkpoint import load_checkpoint  # noqa: E402
 from charlm.corpus import resolve_corpus  # noqa: E402
 from charlm.errors import CharlmError  # noqa: E402
 
-TIMINGS = ("seconds", "chars_per_sec")
+TIMINGS = ("seconds", "val_seconds", "chars_per_sec", "elapsed")
 # One thread everywhere: bit-identical results need the same thread count in every process.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -55,6 +64,7 @@ def parse_args():
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--corpus", default=None, help="default: the Jay Chou lyrics, found as charlm finds them")
     p.add_argument("--workdir", default=None, help="where the two runs go (default: a fresh temporary folder)")
+    p.add_argument("--no-extra", action="store_true", help="skip the two-writers and full-disk checks")
     return p.parse_args()
 
 
@@ -84,6 +94,8 @@ def check(run: Path) -> tuple[bool, str]:
         return False, f"metrics.jsonl has a broken line: {e}"
     partial = payload.get("partial")
     where = f", mid-epoch position {partial['batch']}" if partial else ""
+    if len(lines) > payload["epoch"]:  # appended only after last.pt: the log may lag it (resume rewrites it), never lead
+        return False, f"metrics.jsonl has {len(lines)} lines but last.pt only {payload['epoch']} epochs"
     return True, f"last.pt loads (epoch {payload['epoch']}{where}), {len(lines)} metrics lines parse"
 
 
@@ -108,7 +120,7 @@ def main() -> int:
     reference, run = work / "reference", work / "killed"
     train = ["train", "--corpus", corpus, "--max-chars", args.max_chars, "--hidden", args.hidden,
              "--batch-size", 8, "--num-steps", 16, "--epochs", args.epochs, "--pred-every", 0, "--device", "cpu",
-             "--seed", 0]
+             "--seed", 0, "--preset", "none", "--model", "rnn"]
     print(f"kill test: {args.kills} SIGKILLs across a {args.epochs}-epoch run (rnn, hidden {args.hidden}, first "
           f"{args.max_chars:,} characters of {corpus.name}), kill moments seeded with {args.seed}; runs in {work}")
 
@@ -169,7 +181,81 @@ def main() -> int:
           f"mid-save (temporary file left, removed by the next resume): {mid_save}")
     print(f"final parameters equal the uninterrupted run's (torch.equal on all {n} tensors): {params}")
     print(f"optimizer state equal: {opt}; metrics equal apart from timings: {metrics}")
-    return 0 if loadable == kills == args.kills and params and opt and metrics else 1
+    ok = loadable == kills == args.kills and params and opt and metrics
+    if not args.no_extra:
+        short = [str(a) for a in train]
+        short[short.index("--epochs") + 1] = "6"
+        ok &= two_writers(short, work / "two-writers")
+        ok &= full_disk(short, work / "full-disk")
+    return 0 if ok else 1
+
+
+def logged_epochs(run: Path) -> list[int]:
+    path = run / "metrics.jsonl"
+    return [json.loads(line)["epoch"] for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
+
+
+def two_writers(train: list[str], run: Path) -> bool:
+    """Start two trainings into one --out together, then two resumes of it together: one writer each time."""
+    ok = True
+    other = list(train)
+    other[other.index("--seed") + 1] = "1"
+    for label, commands in (("two fresh runs", [train + ["--out", run], other + ["--out", run]]),
+                            ("two resumes", [["train", "--resume", run, "--epochs", "9"]] * 2)):
+        procs = [charlm(c) for c in commands]
+        results = [(p.wait(), p.stderr.read().strip()) for p in procs]
+        winners = [r for r in results if r[0] == 0]
+        refused = [r for r in results if r[0] == 2 and len(r[1].splitlines()) == 1
+                   and ("in use by another charlm process" in r[1] or "already holds a run" in r[1])]
+        payload = load_checkpoint(run / "last.pt")
+        epochs = logged_epochs(run)
+        agree = epochs == [r["epoch"] for r in payload["metrics"]] == list(range(1, payload["epoch"] + 1))
+        this_ok = len(winners) == 1 and len(refused) == 1 and agree
+        ok &= this_ok
+        print(f"{label} into one directory: exit statuses {[r[0] for r in results]}; the refused one said: "
+              f"{refused[0][1] if refused else [r[1] for r in results]}; metrics.jsonl epochs {epochs} agree with "
+              f"last.pt (epoch {payload['epoch']}): {agree} -> {'ok' if this_ok else 'FAILED'}")
+    return ok
+
+
+def full_disk(train: list[str], run: Path) -> bool:
+    """Train in a tmpfs too small for the third checkpoint; the run must stop cleanly and resume once there is room."""
+    if os.geteuid() != 0:
+        print("full disk: skipped (mounting a small tmpfs needs root)")
+        return True
+    mount = run.parent / "tmpfs"
+    mount.mkdir(parents=True, exist_ok=True)
+    probe = charlm(train + ["--epochs", "1", "--out", run.parent / "size-probe"])
+    if probe.wait() != 0:
+        print(f"full disk: the size probe failed: {probe.stderr.read().strip()}")
+        return False
+    size = (run.parent / "size-probe" / "last.pt").stat().st_size
+    # last.pt (epoch 0), then per epoch a temporary beside the old last.pt, and best.pt: the third save finds no room
+    limit = int(size * 2.5) + 64 * 1024
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={limit}", "tmpfs", str(mount)]).returncode != 0:
+        print("full disk: skipped (mount -t tmpfs failed)")
+        return True
+    try:
+        target = mount / "run"
+        proc = charlm(train + ["--out", target])
+        status, err = proc.wait(), proc.stderr.read().strip()
+        lines = err.splitlines()
+        loads, found = check(target)
+        temporaries = list(target.glob("*.tmp"))
+        clean = (status == 2 and len(lines) == 1 and "No space left on device" in lines[0]
+                 and f"charlm train --resume {target}" in lines[0] and loads and not temporaries)
+        print(f"full disk (tmpfs of {limit:,} bytes, checkpoints of {size:,}): exit {status}, stderr {lines}; "
+              f"{found}; temporary files left: {len(temporaries)} -> {'ok' if clean else 'FAILED'}")
+        subprocess.run(["mount", "-o", f"remount,size={limit * 4}", str(mount)], check=True)
+        resumed = charlm(["train", "--resume", target])
+        status, err = resumed.wait(), resumed.stderr.read().strip()
+        done = status == 0 and load_checkpoint(target / "last.pt")["epoch"] == int(train[train.index("--epochs") + 1])
+        agree = logged_epochs(target) == [r["epoch"] for r in load_checkpoint(target / "last.pt")["metrics"]]
+        print(f"full disk, resumed once there is room: exit {status}{' ' + err if err else ''}, finished all epochs: "
+              f"{done}, metrics.jsonl agrees with last.pt: {agree}")
+        return clean and done and agree
+    finally:
+        subprocess.run(["umount", str(mount)])
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ def tiny_run(tmp_path_factory):
     out = tmp / "run"
     result = CliRunner().invoke(cli, ["train", "--corpus", str(corpus), "--out", str(out), "--hidden", "16",
                                       "--epochs", "3", "--num-steps", "8", "--batch-size", "4",
-                                      "--val-fraction", "0.2", "--pred-every", "0", "--device", "cpu"])
+                                      "--val-fraction", "0.2", "--pred-every", "0", "--device", "cpu",
+                                      "--preset", "none"])
     assert result.exit_code == 0, result.output
     return out, corpus

@@ -130,7 +130,9 @@ def test_report_table_agrees_with_csv(grid):
         assert float(cells["s/epoch"]) == pytest.approx(statistics.mean(float(r["seconds"]) for r in config_rows),
                                                         abs=6e-3)
     winner = min(best_means, key=best_means.get)
-    assert f"**Best: {winner[0]} · {winner[1]} · h{winner[2]}**" in report
+    # named best only when the seeds support it; else named as the lowest mean (tests/test_cli_consistency.py)
+    label = f"{winner[0]} · {winner[1]} · h{winner[2]}**"
+    assert f"**Best: {label}" in report or f"**Lowest mean: {label}" in report
     # a continuation of each default prefix from each configuration's best checkpoint
     assert report.count(", best.pt (epoch ") == 4
     section = report.split("## Continuations")[1]

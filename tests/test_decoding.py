@@ -175,8 +175,11 @@ def test_parse_decoding_reads_labels_back():
         assert parse_decoding(d.label()) == d
     assert parse_decoding("top_k=5") == Decoding(sample=True, top_k=5)
     assert parse_decoding("top-p=0.9").top_p == 0.9
+    # labels are spelled as generate's flags, whichever spelling the spec used
     assert [d.label() for d in parse_decodings("greedy,temperature=0.8,top_k=5,top_p=0.9,num_beams=4")] == \
-        ["greedy", "temperature=0.8", "top_k=5", "top_p=0.9", "num_beams=4"]
+        ["greedy", "temperature=0.8", "top-k=5", "top-p=0.9", "num-beams=4"]
+    assert parse_decoding("top-k=40+temperature=0.7+repetition-penalty=1.2") == \
+        parse_decoding("top_k=40+temperature=0.7+repetition_penalty=1.2")
 
 
 @pytest.mark.parametrize("spec, fragment", [

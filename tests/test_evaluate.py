@@ -41,7 +41,7 @@ def test_rows_count_samples_and_measure_only_the_continuation(run):
     greedy_text = generate(model, vocab, "分开", 30)[0].text
     # with the greedy continuation itself as "training text", greedy copies everything and the prefix is not counted
     rows = decoding_rows(model, vocab, greedy_text, settings, ["分开"], num_samples=5, length=30, seed=0)
-    assert [r["decoding"] for r in rows] == ["greedy", "temperature=0.8", "num_beams=3"]
+    assert [r["decoding"] for r in rows] == ["greedy", "temperature=0.8", "num-beams=3"]
     assert [r["samples"] for r in rows] == [1, 5, 1]
     assert rows[0]["longest_copy"] == 30 and rows[0]["copied_fraction"] == 1.0
     assert rows[0]["example"] == {"prefix": "分开", "text": greedy_text}
@@ -81,10 +81,12 @@ def test_evaluate_model_defaults_to_the_validation_text(run, tmp_path):
 
 def test_markdown_table_has_a_row_per_setting():
     row = {"decoding": "top_k=5", "samples": 16, "distinct_1": 0.5, "distinct_2": 0.75, "distinct_3": 0.875,
-           "repeat_4": 0.0, "longest_copy": 9, "copied_fraction": 0.25, "mean_logprob": -2.5, "example": {}}
+           "repeat_4": 0.0, "longest_copy": 7, "copied_fraction": 0.0, "mean_logprob": -2.5,
+           "longest_copy_unguarded": 9, "copied_fraction_unguarded": 0.25, "mean_logprob_unguarded": -2.25,
+           "example": {}}
     lines = markdown_table([row, {**row, "decoding": "greedy"}]).splitlines()
     assert len(lines) == 4 and all(line.count("|") == len(COLUMNS) + 1 for line in lines)
-    assert lines[2] == "| top_k=5 | 16 | 0.500 | 0.750 | 0.875 | 0.000 | 9 | 0.250 | -2.500 |"
+    assert lines[2] == "| top_k=5 | 16 | 0.500 | 0.750 | 0.875 | 0.000 | 7 | 0.000 | -2.500 | 9 | 0.250 | -2.250 |"
 
 
 def test_cli_default_decodings_are_the_library_default():
@@ -95,12 +97,15 @@ def test_cli_default_decodings_are_the_library_default():
 def test_cli_prints_table_and_writes_json(run, tmp_path):
     run_dir, _ = run
     out_json = tmp_path / "eval.json"
-    result = evaluate_cli(run_dir, "--samples", 3, "--length", 20, "--json", out_json, "--show-samples")
+    result = evaluate_cli(run_dir, "--num-samples", 3, "--length", 20, "--json", out_json, "--show-samples")
     assert result.exit_code == 0, result.output
     data = json.loads(out_json.read_text(encoding="utf-8"))
     labels = [d.label() for d in parse_decodings(DEFAULT_DECODINGS)]
     assert [r["decoding"] for r in data["rows"]] == labels
-    assert [r["samples"] for r in data["rows"]] == [2, 6, 6, 6, 2]  # two default prefixes
+    assert [r["samples"] for r in data["rows"]] == [2, 6, 6, 6, 2, 6]  # two default prefixes
+    for r in data["rows"]:  # the guard on (default --max-copy) and off, from the same seed
+        assert r["longest_copy"] <= data["settings"]["max_copy"] and r["copied_fraction"] == 0.0
+        assert r["longest_copy_unguarded"] >= 0 and r["mean_logprob_unguarded"] < 0
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert len(table) == 1 + len(labels)
     for row, line in zip(data["rows"], table[1:]):

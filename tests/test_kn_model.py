@@ -125,7 +125,8 @@ def test_generate_cli_from_kn_checkpoint(tmp_path, small_corpus):
                                   "--val-fraction", "0.2", "--pred-every", "0", "--out", str(out)])
     assert trained.exit_code == 0, trained.output
     assert "epoch    1" in trained.stdout and "epoch    2" not in trained.stdout
-    gen = runner.invoke(cli, ["generate", "--checkpoint", str(out), "--prefix", "分开", "--length", "15"])
+    gen = runner.invoke(cli, ["generate", "--checkpoint", str(out), "--prefix", "分开", "--length", "15",
+                              "--greedy", "--max-copy", "0"])
     assert gen.exit_code == 0, gen.output
     # greedy decoding by hand with the counting model itself
     corpus = load_corpus(_config(small_corpus, tmp_path, order=3))

@@ -1,5 +1,6 @@
 """The recurrent model families: scratch against nn, textbook path against fast path, options, training, checkpoints."""
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -89,7 +90,7 @@ def test_scratch_parameters_have_the_textbook_names_and_init(name, cls, gates):
 def test_nn_parameter_counts(name, gates):
     vocab, hidden, emb = 50, 16, 12
     onehot = build_model(Config(model=name, hidden=hidden), vocab)
-    assert onehot.rnn.weight_ih_l0.shape == (gates * hidden, vocab)  # the one-hot module's parameters
+    assert onehot.lookup.weight.shape == (vocab, gates * hidden)  # the one-hot module's W_ih, as rows
     lstm_bias = 2 * gates * hidden  # nn modules keep two biases per gate
     assert count_parameters(onehot) == gates * hidden * (vocab + hidden) + lstm_bias + hidden * vocab + vocab
     two = build_model(Config(model=name, hidden=hidden, layers=2, embedding=emb), vocab)
@@ -323,14 +324,19 @@ def test_checkpoint_round_trip(runs, case):
     model, vocab, saved = model_from_checkpoint(payload)
     assert type(model) is MODELS[config.model] and saved == config
     assert not model.training
-    # the loaded weights reproduce the perplexity the live model measured after its last epoch
-    assert evaluate(model, corpus.val) == pytest.approx(result.metrics[-1]["val_ppl"], rel=1e-6)
+    # the loaded weights reproduce the perplexity the live model measured after its last epoch (on a GPU, when
+    # there is one: the reload runs on the CPU, so float32 on two devices: 46.080251 against 46.080197 on an H200)
+    assert evaluate(model, corpus.val) == pytest.approx(result.metrics[-1]["val_ppl"], rel=1e-5)
     if config.tie_weights:
         assert model.dense.weight is model.embedding.weight
     # generate needs no model flags: everything comes from the checkpoint
-    out = CliRunner().invoke(cli, ["generate", "--checkpoint", str(run_dir), "--prefix", "分开", "--length", "8"])
+    out = CliRunner().invoke(cli, ["generate", "--checkpoint", str(run_dir), "--prefix", "分开", "--length", "8",
+                                   "--format", "jsonl", "--seed", "1"])
     assert out.exit_code == 0, out.output
-    assert out.stdout.startswith("分开") and len(out.stdout.rstrip("\n")) == 10
+    sample = json.loads(out.stdout)
+    # 8 characters drawn; trailing blank space is trimmed from a sample, so its text may be shorter
+    assert sample["prefix"] == "分开" and sample["text"] and len(sample["text"]) <= 8
+    assert len(sample["logprobs"]) == len(sample["text"])
 
 
 # --- bad input through the CLI ------------------------------------------------
@@ -353,7 +359,7 @@ BAD = [
 def test_bad_model_options_give_one_line(small_corpus, tmp_path, args, message):
     run_dir = tmp_path / "run"
     result = CliRunner().invoke(cli, ["train", "--corpus", str(small_corpus), "--out", str(run_dir), "--hidden", "16",
-                                      "--epochs", "1", "--num-steps", "8", "--batch-size", "4", *args])
+                                      "--epochs", "1", "--num-steps", "8", "--batch-size", "4", "--preset", "none", *args])
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr

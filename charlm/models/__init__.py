@@ -14,7 +14,7 @@ import torch
 from ..errors import CharlmError
 from .gru_scratch import GRUScratch
 from .lstm_scratch import LSTMScratch
-from .recurrent_nn import GRUModel, LSTMModel, RNNModel
+from .recurrent_nn import GRUModel, LSTMModel, RNNModel, upgrade_state_dict
 from .rnn_scratch import RNNScratch
 from .kn import KNModel
 from .mixture import MixtureModel

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import CharlmError
-from ..ngram import KneserNey
+from ..ngram import MAX_ORDER, KneserNey
 
 
 class KNModel(nn.Module):
@@ -31,6 +31,9 @@ class KNModel(nn.Module):
         super().__init__()
         if isinstance(order, bool) or not isinstance(order, int) or order < 1:
             raise CharlmError(f"--order must be a whole number of 1 or more, got {order!r}")
+        if order > MAX_ORDER:
+            raise CharlmError(f"--order must be at most {MAX_ORDER} (character n-grams gain nothing beyond; "
+                              f"6-8 is usually best), got {order}")
         self.vocab_size, self.order = vocab_size, order
         self.kn = KneserNey(order, vocab_size)
         # A zero-size, frozen parameter: it follows .to(device) and lets callers that ask
@@ -41,9 +44,24 @@ class KNModel(nn.Module):
     def from_config(cls, config, vocab_size: int) -> "KNModel":
         return cls(vocab_size, getattr(config, "order", 5))
 
-    def fit_counts(self, train_indices) -> None:
-        """Count the n-grams of the training text (replaces earlier counts)."""
-        self.kn.fit(np.asarray(train_indices, dtype=np.int64))
+    def fit_counts(self, train_indices, should_stop=None) -> None:
+        """Count the n-grams of the training text (replaces earlier counts).
+
+        `should_stop()` is asked between orders; when it turns true, counting stops with
+        charlm.ngram.CountingInterrupted (a CharlmError) and the earlier counts stay.
+        """
+        train = np.asarray(train_indices, dtype=np.int64)
+        if train.size < self.order:
+            raise CharlmError(f"--order {self.order} is longer than the training text ({train.size} characters); "
+                              "use a lower --order or a longer text")
+        self.kn.fit(train, should_stop=should_stop)
+
+    def set_discounts(self, discounts) -> None:
+        """Use these discounts (one per order, e.g. `choose_order(...).discounts`), also after a refit."""
+        try:
+            self.kn.set_discounts(discounts)
+        except ValueError as e:
+            raise CharlmError(f"bad n-gram discounts: {e}") from None
 
     def begin_state(self, batch_size: int, device=None) -> torch.Tensor:
         """No context yet: an empty (batch, 0) index tensor."""
@@ -51,15 +69,42 @@ class KNModel(nn.Module):
 
     def forward(self, X: torch.Tensor, state: torch.Tensor):
         """Log-probabilities (B, T, V) of the next character after each position, and the new context."""
-        m = self.order - 1
         full = torch.cat([state.to(X.device), X], dim=1).cpu().numpy()  # (B, L + T)
-        L = state.shape[1]
-        steps = []
-        for t in range(X.shape[1]):
-            end = L + t + 1
-            steps.append(self.kn.log_probs_batch(full[:, max(0, end - m):end]))  # (B, V)
-        out = torch.from_numpy(np.stack(steps, axis=1))  # (B, T, V) float64
+        out = torch.from_numpy(self.kn.stream_log_probs(full, state.shape[1]))  # (B, T, V) float64
         return out.to(device=X.device, dtype=torch.get_default_dtype()), self.advance(X, state)
+
+    def target_log_probs(self, X: torch.Tensor, Y: torch.Tensor, state: torch.Tensor, with_stats: bool = False):
+        """log P(Y[b, t] | context up to X[b, t]) (B, T) float64 and the new context, without V-wide rows.
+
+        The scoring fast path: the same numbers as gathering Y from `forward`'s output,
+        but it never builds a (B, T, V) array.  Evaluation may call it on any model that
+        has it (kn, mix) in place of forward + cross-entropy.  `with_stats` adds
+        `context_stats`' pair: (logp, (level, total), state).
+        """
+        full = torch.cat([state.to(X.device), X], dim=1).cpu().numpy()  # (B, L + T)
+        out = self.kn.stream_log_probs(full, state.shape[1], Y.cpu().numpy(), with_stats=with_stats)
+        if not with_stats:
+            return torch.from_numpy(out).to(X.device), self.advance(X, state)
+        logp, level, total = (torch.from_numpy(a).to(X.device) for a in out)
+        return logp, (level, total), self.advance(X, state)
+
+    def forward_with_stats(self, X: torch.Tensor, state: torch.Tensor):
+        """`forward`'s log-probabilities, `context_stats`' (level, total) and the new context, from one lookup."""
+        full = torch.cat([state.to(X.device), X], dim=1).cpu().numpy()
+        logp, level, total = self.kn.stream_log_probs(full, state.shape[1], with_stats=True)
+        logp = torch.from_numpy(logp).to(device=X.device, dtype=torch.get_default_dtype())
+        stats = (torch.from_numpy(level).to(X.device), torch.from_numpy(total).to(X.device))
+        return logp, stats, self.advance(X, state)
+
+    def context_stats(self, X: torch.Tensor, state: torch.Tensor):
+        """(longest seen n-gram level, that context's count a_k(h .)) after each position, each (B, T).
+
+        Level 0 and count 0: no context seen at all (an unfitted model).  The mixture
+        buckets its weights by these, as they depend on the context only.
+        """
+        full = torch.cat([state.to(X.device), X], dim=1).cpu().numpy()
+        level, total = self.kn.stream_context_stats(full, state.shape[1])
+        return torch.from_numpy(level).to(X.device), torch.from_numpy(total).to(X.device)
 
     def advance(self, X: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """The context after reading X, without computing any probability."""
@@ -75,7 +120,7 @@ class KNModel(nn.Module):
     def set_extra_state(self, state: dict) -> None:
         try:
             kn = KneserNey.from_state_dict(state)
-        except (KeyError, ValueError, TypeError) as e:
+        except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as e:
             raise CharlmError(f"the n-gram counts in this checkpoint are damaged ({e})") from None
         if kn.order != self.order or kn.vocab_size != self.vocab_size:
             raise CharlmError(f"checkpoint counts are for order {kn.order} over {kn.vocab_size} characters, "

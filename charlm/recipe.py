@@ -1,0 +1,161 @@
+"""The automatic recipe (`--preset auto`, the default of `charlm train`).
+
+Once the corpus is loaded, `choose_recipe` reads a few facts about it (characters,
+distinct characters, how repetitive it is), the device and the time budget, and
+picks the fields in `AUTO_FIELDS` by simple documented rules (the table in
+docs/auto.md, derived from the panel benchmark in benchmarks/panel.py). It is
+not a search: the same corpus, device and budget always give the same recipe.
+Flags given explicitly on the command line always win over these choices.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+
+# Config fields that `--preset auto` may choose (help texts say "--preset auto chooses").
+AUTO_FIELDS = (
+    "model", "mix_neural", "hidden", "embedding", "tie_weights", "layers", "dropout",
+    "weight_decay", "order", "kn_discounts", "mix_fit", "mix_weight", "sampler", "num_steps", "batch_size",
+    "optimizer", "lr", "lr_schedule", "epochs", "patience", "time_budget", "tune_fraction",
+)
+
+# --- the rules' numbers (docs/auto.md explains each; benchmarks/panel.py measures them) ---------------
+# Default time budget in minutes by training characters: a lyrics-sized text trains in a couple of
+# minutes, a Song ci-sized one (2M characters) in ten.
+BUDGET_MINUTES = ((100_000, 2.5), (500_000, 5.0), (math.inf, 9.0))
+# Tuning slice: 10% of the training text, at least TUNE_MIN and at most TUNE_MAX characters;
+# none below NO_TUNE_BELOW characters (too short to fit anything on).
+TUNE_SHARE, TUNE_MIN, TUNE_MAX, NO_TUNE_BELOW = 0.10, 1_000, 20_000, 5_000
+# Dropout by training characters: much for a tiny text, little for millions of characters.
+DROPOUT = ((20_000, 0.6), (100_000, 0.5), (400_000, 0.15), (math.inf, 0.1))
+# Hidden (= embedding, tied) width by training characters, on a CPU; a GPU doubles it.
+HIDDEN = ((30_000, 128), (300_000, 192), (math.inf, 256))
+# Highest n-gram order tried on the tuning slice (choose_order lowers it further to fit 1.5 GB).
+MAX_ORDER = 8
+# At most this many passes over a text: small texts overfit long before their budget runs out.
+EPOCHS = ((100_000, 15), (500_000, 20), (math.inf, 40))
+
+
+def _by_size(table, n: int):
+    """The value of the first (limit, value) row with n < limit."""
+    return next(value for limit, value in table if n < limit)
+
+
+@dataclass(frozen=True)
+class CorpusStats:
+    """What the recipe reads from the training text (validation text excluded)."""
+
+    chars: int  # training characters (the tuning slice included)
+    distinct: int  # distinct characters (the vocabulary of the whole text)
+    repeated8: float  # share of 8-character windows of the training text that occurred earlier in it
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    kind: str  # "cpu" or "cuda"
+    cores: int  # CPU threads torch uses
+
+
+def repeated_share(indices: np.ndarray, n: int = 8) -> float:
+    """Share of the n-character windows of `indices` that already occurred earlier (0: no repeats, near 1: a loop)."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if len(indices) <= n:
+        return 0.0
+    h = np.zeros(len(indices) - n + 1, dtype=np.uint64)
+    for j in range(n):  # a 64-bit rolling product hash; collisions only make the share a hair larger
+        h = h * np.uint64(1_000_003) + indices[j:len(indices) - n + 1 + j].astype(np.uint64)
+    return 1.0 - len(np.unique(h)) / len(h)
+
+
+def corpus_stats(corpus) -> CorpusStats:
+    train = np.concatenate([corpus.train, corpus.tune]) if len(getattr(corpus, "tune", ())) else corpus.train
+    return CorpusStats(int(len(train)), int(len(corpus.vocab)), round(float(repeated_share(train)), 4))
+
+
+def device_info(device: str = "auto") -> DeviceInfo:
+    import torch
+
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return DeviceInfo("cuda" if cuda else "cpu", int(torch.get_num_threads() or os.cpu_count() or 1))
+
+
+def default_budget(chars: int) -> float:
+    """Minutes of training `--preset auto` gives a text of `chars` training characters."""
+    return _by_size(BUDGET_MINUTES, chars)
+
+
+def choose_recipe(stats: CorpusStats, device: DeviceInfo, time_budget_min: float = 0.0) -> tuple[dict, str]:
+    """The Config values auto picks for this text, device and budget (0: the default budget), and why, in one line.
+
+    Pure rules over the numbers above, no search: docs/auto.md has them as a table.
+    The n-gram order is not chosen here but on the tuning slice (see resolve_auto).
+    """
+    n = stats.chars
+    budget = time_budget_min or default_budget(n)
+    hidden = _by_size(HIDDEN, n) * (2 if device.kind == "cuda" else 1)
+    tune_chars = 0 if n < NO_TUNE_BELOW else int(min(TUNE_MAX, max(TUNE_MIN, TUNE_SHARE * n)))
+    values = dict(
+        model="mix", mix_neural="gru", hidden=hidden, embedding=hidden, tie_weights=True, layers=1,
+        dropout=_by_size(DROPOUT, n), weight_decay=0.0, mix_weight=0.5,
+        sampler="consecutive", num_steps=35, batch_size=32 if device.kind == "cpu" else 64,
+        optimizer="adam", lr=0.004, lr_schedule="cosine", epochs=_by_size(EPOCHS, n), patience=4,
+        time_budget=budget, tune_fraction=round(tune_chars / n, 6) if tune_chars else 0.0,
+    )
+    values = {k: v for k, v in values.items() if k in AUTO_FIELDS}
+    size = "tiny" if n < 20_000 else "small" if n < 100_000 else "medium" if n < 400_000 else "large"
+    reason = (f"{n:,} training characters ({size}), {stats.distinct:,} distinct, "
+              f"{stats.repeated8:.0%} repeated 8-grams, {device.kind} x{device.cores}")
+    return values, reason
+
+
+def resolve_auto(config, corpus, explicit: set):
+    """Fill the fields auto chooses (those not in `explicit`), carve the tuning slice, pick the n-gram order on it.
+
+    Returns (config, corpus, line): the resolved Config (preset still "auto", so a
+    checkpoint says where its values came from), the corpus with its tuning slice,
+    and the one line the CLI prints.
+    """
+    from .corpus import carve_tune
+
+    stats = corpus_stats(corpus)
+    values, reason = choose_recipe(stats, device_info(config.device),
+                                   config.time_budget if "time_budget" in explicit else 0.0)
+    has_mix_fit = any(f.name == "mix_fit" for f in fields(config))
+    if has_mix_fit:
+        values["mix_fit"] = "count"
+    config = replace(config, **{k: v for k, v in values.items() if k not in explicit})
+    if config.tie_weights and "embedding" not in explicit:  # an explicit --hidden: the tied embedding follows it
+        config = replace(config, embedding=config.hidden)
+    if config.tie_weights and config.embedding != config.hidden and "tie_weights" not in explicit:
+        config = replace(config, tie_weights=False)  # an explicit --embedding that differs: untie rather than refuse
+    corpus = carve_tune(corpus, config.tune_fraction)
+    order_note = ""
+    if config.model in ("kn", "mix") and "order" not in explicit and len(corpus.tune) >= 2:
+        from .ngram import choose_order
+
+        choice = choose_order(corpus.train, corpus.tune, len(corpus.vocab), MAX_ORDER)
+        config = replace(config, order=int(choice.order))
+        if "kn_discounts" not in explicit:
+            config = replace(config, kn_discounts=tuple(round(float(d), 6) for d in choice.discounts))
+        order_note = f" (tune ppl {choice.tune_ppl[choice.order]:.1f})"
+    elif "order" not in explicit:  # no tuning slice (a short text): the default order, if the text is that long
+        config = replace(config, order=max(1, min(config.order, len(corpus.train) - 1)))
+    config.validate()
+    if config.model == "mix":
+        mixing = "mixed by weights fitted per context count" if has_mix_fit and config.mix_fit == "count" else \
+            f"mixed at λ {config.mix_weight:g}"
+        what = (f"{config.mix_neural} {config.hidden}" + (" tied" if config.tie_weights else "")
+                + f", dropout {config.dropout:g} + KN-{config.order}{order_note}, {mixing}")
+    elif config.model == "kn":
+        what = f"KN-{config.order}{order_note}"
+    else:
+        what = f"{config.model} {config.hidden}, dropout {config.dropout:g}"
+    plan = (f"adam lr {config.lr:g} {config.lr_schedule}, up to {config.epochs} epochs in {config.time_budget:g} min"
+            if config.optimizer == "adam" else f"{config.optimizer} lr {config.lr:g}")
+    tune = f"tuning slice {len(corpus.tune):,} chars" if len(corpus.tune) else "no tuning slice"
+    line = f"auto: {what}; {plan}; {tune} -- {reason}"
+    return config, corpus, line
