@@ -33,14 +33,6 @@ def _show(value) -> str:
         return ", ".join(map(str, value))
     return str(value)
 
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(map(str, value))
-    return str(value)
-
 
 def preset_values(name: str, default=MISSING) -> dict[str, str]:
     """preset -> what it sets field `name` to, in words ('250', or '100 for rnn-scratch, 0.001 for rnn').

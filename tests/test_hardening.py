@@ -21,40 +21,14 @@ import pytest
 import torch
 
 from charlm.checkpoint import load_checkpoint, save_checkpoint
-from charlm.cli import main
-from helpers import default_sigint
+from helpers import TRAIN, cli, default_sigint, fails, train_args  # noqa: F401
 
 LOCK_NAME = ".lock"  # charlm/rundir.py's
-
-TRAIN = ["train", "--hidden", "8", "--batch-size", "4", "--num-steps", "6", "--pred-every", "0",
-         "--device", "cpu", "--val-fraction", "0.2", "--lr", "0.01", "--epochs", "1", "--preset", "none"]
 
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-
-
-def cli(args, capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
-
-
-def fails(args, capsys, *needles, code: int = 2) -> str:
-    status, _, err = cli(args, capsys)
-    lines = err.strip().splitlines()
-    assert status == code, err
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: ") and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
-
-
-def train_args(corpus, out, *extra):
-    return TRAIN + ["--corpus", corpus, "--out", out, *extra]
 
 
 def snapshot(run: Path) -> dict:
