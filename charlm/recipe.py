@@ -27,9 +27,17 @@ AUTO_FIELDS = (
 # Default time budget in minutes by training characters: a lyrics-sized text trains in a couple of
 # minutes, a Song ci-sized one (2M characters) in ten.
 BUDGET_MINUTES = ((100_000, 2.5), (500_000, 5.0), (math.inf, 9.0))
-# Tuning slice: 10% of the training text, at least TUNE_MIN and at most TUNE_MAX characters;
-# none below NO_TUNE_BELOW characters (too short to fit anything on).
-TUNE_SHARE, TUNE_MIN, TUNE_MAX, NO_TUNE_BELOW = 0.10, 1_000, 20_000, 5_000
+# Tuning slice: TUNE_SHARE of the training text (5% for a lyrics-sized text, whose network and
+# counts gain more from the characters than the weights lose), at least TUNE_MIN and at most
+# TUNE_MAX characters; none below NO_TUNE_BELOW characters (too short to fit anything on).
+TUNE_SHARE = ((30_000, 0.10), (100_000, 0.05), (math.inf, 0.10))
+TUNE_MIN, TUNE_MAX, NO_TUNE_BELOW = 1_000, 20_000, 5_000
+# Adam weight decay by training characters: only a lyrics-sized text, where the GRU overfits
+# within 10 epochs, gets some (a larger text does not need it, a Markov one learns worse with it).
+WEIGHT_DECAY = ((30_000, 0.0), (100_000, 3e-4), (math.inf, 0.0))
+# Minibatch (streams) on a CPU by training characters: a lyrics-sized text gains from the eight times
+# more updates per epoch (docs/auto.md, "what was tried").
+BATCH_CPU = ((30_000, 32), (100_000, 4), (math.inf, 32))
 # Dropout by training characters: much for a tiny text, little for millions of characters.
 DROPOUT = ((20_000, 0.6), (100_000, 0.5), (400_000, 0.15), (math.inf, 0.1))
 # Hidden (= embedding, tied) width by training characters, on a CPU; a GPU doubles it.
@@ -97,11 +105,11 @@ def choose_recipe(stats: CorpusStats, device: DeviceInfo, time_budget_min: float
     n = stats.chars
     budget = time_budget_min or default_budget(n)
     hidden = _by_size(HIDDEN, n) * (2 if device.kind == "cuda" else 1)
-    tune_chars = 0 if n < NO_TUNE_BELOW else int(min(TUNE_MAX, max(TUNE_MIN, TUNE_SHARE * n)))
+    tune_chars = 0 if n < NO_TUNE_BELOW else int(min(TUNE_MAX, max(TUNE_MIN, _by_size(TUNE_SHARE, n) * n)))
     values = dict(
         model="mix", mix_neural="gru", hidden=hidden, embedding=hidden, tie_weights=True, layers=1,
-        dropout=_by_size(DROPOUT, n), weight_decay=0.0, mix_weight=0.5,
-        sampler="consecutive", num_steps=35, batch_size=32 if device.kind == "cpu" else 64,
+        dropout=_by_size(DROPOUT, n), weight_decay=_by_size(WEIGHT_DECAY, n), mix_weight=0.5,
+        sampler="consecutive", num_steps=35, batch_size=_by_size(BATCH_CPU, n) if device.kind == "cpu" else 64,
         optimizer="adam", lr=0.004, lr_schedule="cosine", epochs=_by_size(EPOCHS, n), patience=4,
         time_budget=budget, tune_fraction=round(tune_chars / n, 6) if tune_chars else 0.0,
     )
@@ -154,7 +162,9 @@ def resolve_auto(config, corpus, explicit: set):
         what = f"KN-{config.order}{order_note}"
     else:
         what = f"{config.model} {config.hidden}, dropout {config.dropout:g}"
-    plan = (f"adam lr {config.lr:g} {config.lr_schedule}, up to {config.epochs} epochs in {config.time_budget:g} min"
+    wd = f" wd {config.weight_decay:g}" if config.weight_decay else ""
+    plan = (f"adam lr {config.lr:g} {config.lr_schedule}{wd}"
+            + f", batch {config.batch_size}, up to {config.epochs} epochs in {config.time_budget:g} min"
             if config.optimizer == "adam" else f"{config.optimizer} lr {config.lr:g}")
     tune = f"tuning slice {len(corpus.tune):,} chars" if len(corpus.tune) else "no tuning slice"
     line = f"auto: {what}; {plan}; {tune} -- {reason}"
