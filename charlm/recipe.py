@@ -46,6 +46,11 @@ HIDDEN = ((30_000, 128), (300_000, 192), (math.inf, 256))
 MAX_ORDER = 8
 # At most this many passes over a text: small texts overfit long before their budget runs out.
 EPOCHS = ((100_000, 15), (500_000, 20), (math.inf, 40))
+# Short memory: a text of at least SHORT_MIN_CHARS training characters whose best n-gram order on the
+# tuning slice is SHORT_ORDER or less (a Markov-like text, a list of short items) has nothing past a few
+# characters to learn, and a GRU, which reads every past character, fits noise in the longer contexts. It gets
+# dropout SHORT_DROPOUT and weight decay SHORT_WEIGHT_DECAY, with up to SHORT_EPOCHS passes to learn under them.
+SHORT_ORDER, SHORT_MIN_CHARS, SHORT_DROPOUT, SHORT_WEIGHT_DECAY, SHORT_EPOCHS = 4, 100_000, 0.3, 3e-4, 50
 
 
 def _by_size(table, n: int):
@@ -120,6 +125,14 @@ def choose_recipe(stats: CorpusStats, device: DeviceInfo, time_budget_min: float
     return values, reason
 
 
+def _short_memory(config, stats: CorpusStats, explicit: set):
+    """(config, applied): the short-memory rule (more regularisation, more passes) when the fitted order says so."""
+    if stats.chars < SHORT_MIN_CHARS or config.order > SHORT_ORDER:
+        return config, False
+    values = {"dropout": SHORT_DROPOUT, "weight_decay": SHORT_WEIGHT_DECAY, "epochs": SHORT_EPOCHS}
+    return replace(config, **{k: v for k, v in values.items() if k not in explicit}), True
+
+
 def resolve_auto(config, corpus, explicit: set):
     """Fill the fields auto chooses (those not in `explicit`), carve the tuning slice, pick the n-gram order on it.
 
@@ -150,6 +163,9 @@ def resolve_auto(config, corpus, explicit: set):
         if "kn_discounts" not in explicit:
             config = replace(config, kn_discounts=tuple(round(float(d), 6) for d in choice.discounts))
         order_note = f" (tune ppl {choice.tune_ppl[choice.order]:.1f})"
+        config, short = _short_memory(config, stats, explicit)
+        if short:
+            reason += f", short memory (best order {config.order})"
     elif "order" not in explicit:  # no tuning slice (a short text): the default order, if the text is that long
         config = replace(config, order=max(1, min(config.order, len(corpus.train) - 1)))
     config.validate()

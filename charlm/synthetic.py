@@ -16,7 +16,10 @@ Because the true p is known, the best perplexity any model can reach on the
 held-out part is computed exactly: exp of the mean of -log p_true(x_t | its k
 previous characters) over the held-out positions (`best_perplexity`).
 The symbols are printable CJK characters (U+4E00 on), so the text looks like
-any other charlm corpus.
+any other charlm corpus. The rank sets how much there is to learn: with 1,000
+symbols an order-3 teacher has 4,000 x rank + 1,000 free parameters, and from
+180,000 characters even its own family fits to 1.035 x the best possible at
+rank 2 but only 1.23 x at rank 16 (benchmarks/markov_oracle.py).
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ from charlm.checkpoint import load_checkpoint
 from charlm.cli import cli
 from charlm.config import Config, apply_preset, field_default
 from charlm.corpus import Corpus, carve_tune
-from charlm.recipe import AUTO_FIELDS, CorpusStats, DeviceInfo, choose_recipe, repeated_share
+from charlm.recipe import (AUTO_FIELDS, SHORT_DROPOUT, SHORT_EPOCHS, SHORT_MIN_CHARS, SHORT_ORDER, SHORT_WEIGHT_DECAY,
+                           CorpusStats, DeviceInfo, choose_recipe, repeated_share, resolve_auto)
 from charlm.synthetic import _log_probs, best_perplexity, markov_indices
 from charlm.vocab import Vocab
 
@@ -134,6 +135,30 @@ def test_markov_best_perplexity_is_the_true_chain_entropy():
     assert 1 < best_perplexity(idx, teacher, 200) < 7
 
 
+def _markov_corpus(n: int, order: int = 1, vocab: int = 40) -> Corpus:
+    idx, _ = markov_indices(order=order, vocab=vocab, length=n, seed=5)
+    vocab_ = Vocab([chr(0x4E00 + i) for i in range(vocab)])
+    n_val = n // 10
+    return Corpus("", vocab_, idx[:-n_val], idx[-n_val:], "mem", "fp")
+
+
+def test_a_long_text_with_short_memory_gets_more_regularisation_and_passes():
+    config = Config(device="cpu")  # preset auto
+    n = SHORT_MIN_CHARS + 20_000
+    plain = choose_recipe(stats(n * 9 // 10), CPU)[0]
+    resolved, corpus, line = resolve_auto(config, _markov_corpus(n), set())
+    assert len(corpus.tune) > 0 and resolved.order <= SHORT_ORDER  # an order-1 chain: nothing past a few characters
+    assert (resolved.dropout, resolved.weight_decay, resolved.epochs) == (SHORT_DROPOUT, SHORT_WEIGHT_DECAY, SHORT_EPOCHS)
+    assert resolved.dropout > plain["dropout"] and resolved.epochs > plain["epochs"]
+    assert resolved.hidden == plain["hidden"] and "short memory (best order" in line
+    # explicit flags win; a shorter text (its low order may only mean too few characters) keeps the size rules
+    kept, _, line = resolve_auto(config, _markov_corpus(n), {"dropout", "epochs"})
+    assert (kept.dropout, kept.epochs, kept.weight_decay) == (config.dropout, config.epochs, SHORT_WEIGHT_DECAY)
+    short_text, _, line = resolve_auto(config, _markov_corpus(SHORT_MIN_CHARS // 2), set())
+    assert short_text.dropout == choose_recipe(stats(SHORT_MIN_CHARS // 2 * 9 // 10), CPU)[0]["dropout"] != SHORT_DROPOUT
+    assert "short memory" not in line
+
+
 TEXT = ("分开 不分开 我想就这样牵着你的手不放开\n爱可不可以简简单单没有伤害\n"
         "你靠着我的肩膀 你在我胸口睡着\n像这样的生活 我爱你 你爱我\n"
         "the quick brown fox jumps over the lazy dog\n") * 60  # about 6,600 characters: enough for a tuning slice
@@ -170,3 +195,18 @@ def test_preset_none_trains_todays_default_model(tmp_path, small_corpus):
     assert "auto: " not in result.stdout
     config = load_checkpoint(out / "best.pt")["config"]
     assert (config["model"], config["time_budget"], config["tune_fraction"], config["dropout"]) == ("rnn", 0.0, 0.0, 0.0)
+
+
+def test_the_teacher_family_fit_learns_an_easy_markov_text():
+    """benchmarks/markov_oracle.py, the learnability yardstick, fits a small chain to near its best possible."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "markov_oracle.py"
+    spec = importlib.util.spec_from_file_location("markov_oracle", path)
+    oracle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(oracle)
+    torch.manual_seed(0)
+    r = oracle.fit_teacher_family(order=2, vocab=7, rank=2, sharpness=4.0, length=6_000, epochs=100)
+    assert r["d"] == 2 * 7 * 2 + 7 * 2 + 7 and r["n"] == 6_000 - 600 - 2 + 1
+    assert r["best_possible"] < 7 and r["fitted"] < 1.05 * r["best_possible"]
