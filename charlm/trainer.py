@@ -23,7 +23,8 @@ from .budget import Budget
 from .checkpoint import remove_stale_temporaries, save_checkpoint
 from .config import Config
 from .corpus import Corpus
-from .decoding import predict
+from . import defaults
+from .decoding import greedy, predict, sample_from_logits, top_p_filter
 from .distributed import Group
 from .errors import CharlmError
 from .metrics import MetricsLog, perplexity
@@ -478,10 +479,25 @@ def checkpoint_payload(config: Config, corpus: Corpus, model, epoch: int, result
 
 
 def log_predictions(config: Config, model, vocab, device, log) -> None:
-    """The progress continuation of each prefix (prefixes the vocabulary cannot spell are skipped)."""
+    """The progress continuation of each prefix (prefixes the vocabulary cannot spell are skipped).
+
+    The textbook presets keep the textbook's greedy predictor. The others sample as
+    `generate` does by default (temperature and top-p), because greedy decoding of a
+    language model loops and recites, which says little about what it has learned.
+    The draws come from their own generator, seeded by --seed, so the lines are
+    reproducible and training's random stream is untouched.
+    """
+    choose, generator = greedy, None
+    if not config.preset.startswith("textbook"):
+        generator = torch.Generator(device=device).manual_seed(config.seed)
+
+        def choose(logits, gen):
+            return sample_from_logits(top_p_filter(logits / defaults.TEMPERATURE, defaults.TOP_P), gen)
+
     for prefix in config.prefixes:
         if prefix and not vocab.unknown(prefix):
-            log(" -> " + predict(prefix, config.pred_len, model, vocab, device).replace("\n", " / "))
+            text = predict(prefix, config.pred_len, model, vocab, device, choose=choose, generator=generator)
+            log(" -> " + text.replace("\n", " / "))
 
 
 RESUMABLE = ("epochs", "patience", "pred_every", "pred_len", "prefixes", "device", "time_budget",

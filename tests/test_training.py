@@ -87,3 +87,26 @@ def test_textbook_preset_gives_each_model_its_optimizer():
     assert (rnn.optimizer, rnn.lr, rnn.epochs) == ("adam", 0.001, 250)
     overridden = apply_preset(Config(lr=5.0, model="rnn-scratch"), "textbook", explicit={"lr", "model"})
     assert overridden.lr == 5.0 and overridden.optimizer == "sgd"
+
+
+def test_progress_continuations_sample_outside_the_textbook_and_leave_training_rng_alone(small_corpus):
+    from charlm.models import build_model
+    from charlm.trainer import log_predictions
+
+    corpus = load_corpus(tiny_config(small_corpus))
+    torch.manual_seed(0)
+    model = build_model(tiny_config(small_corpus, model="rnn"), len(corpus.vocab))
+    greedy_line = " -> " + predict("分开", 40, model, corpus.vocab)
+
+    def lines(**kw):
+        out = []
+        log_predictions(tiny_config(small_corpus, model="rnn", prefixes=("分开",), pred_len=40, **kw), model,
+                        corpus.vocab, torch.device("cpu"), out.append)
+        return out
+
+    assert lines(preset="textbook") == [greedy_line]  # the textbook's greedy predictor, as the chapter prints it
+    before = torch.random.get_rng_state()
+    sampled = lines(preset="auto", seed=3)
+    assert torch.equal(torch.random.get_rng_state(), before)  # training's random stream is untouched
+    assert sampled == lines(preset="auto", seed=3) and sampled != [greedy_line]
+    assert sampled != lines(preset="auto", seed=4) and sampled[0].startswith(" -> 分开")
