@@ -23,8 +23,7 @@ from .budget import Budget
 from .checkpoint import remove_stale_temporaries, save_checkpoint
 from .config import Config
 from .corpus import Corpus
-from . import defaults
-from .decoding import greedy, predict, sample_from_logits, top_p_filter
+from .decoding import DEFAULT_DECODING, greedy, predict
 from .distributed import Group
 from .errors import CharlmError
 from .metrics import MetricsLog, perplexity
@@ -489,11 +488,8 @@ def log_predictions(config: Config, model, vocab, device, log) -> None:
     """
     choose, generator = greedy, None
     if not config.preset.startswith("textbook"):
+        choose = DEFAULT_DECODING.chooser()
         generator = torch.Generator(device=device).manual_seed(config.seed)
-
-        def choose(logits, gen):
-            return sample_from_logits(top_p_filter(logits / defaults.TEMPERATURE, defaults.TOP_P), gen)
-
     for prefix in config.prefixes:
         if prefix and not vocab.unknown(prefix):
             text = predict(prefix, config.pred_len, model, vocab, device, choose=choose, generator=generator)
