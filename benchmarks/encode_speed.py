@@ -11,8 +11,8 @@ VmRSS as its baseline; "peak above baseline" is VmHWM after the method minus
 that baseline, with the method's result still alive.
 
     dict comprehension   [char_to_idx[c] for c in text]          (vocabulary given)
-    Vocab.encode         charlm.vocab, searchsorted, int64 result (vocabulary given)
-    encode_indices       charlm.encode_cache, lookup table, uint16 result (vocabulary given)
+    Vocab.encode         charlm.data.vocab, searchsorted, int64 result (vocabulary given)
+    encode_indices       charlm.data.cache, lookup table, uint16 result (vocabulary given)
     encode_indices i64   the same with an int64 result
     cache miss           corpus_key + load_encoded on an empty cache: builds the vocabulary,
                          the fingerprint and the .npy file chunk by chunk, then maps it
@@ -54,8 +54,8 @@ def worker(method: str, path: Path, cache: Path) -> dict:
     import numpy as np
 
     from charlm.config import Config
-    from charlm.encode_cache import corpus_key, encode_indices, index_dtype, load_encoded
-    from charlm.vocab import Vocab
+    from charlm.data.cache import corpus_key, encode_indices, index_dtype, load_encoded
+    from charlm.data.vocab import Vocab
 
     os.environ["CHARLM_CACHE"] = str(cache)
     text = path.read_text(encoding="utf-8")
@@ -87,7 +87,7 @@ def worker(method: str, path: Path, cache: Path) -> dict:
 
 def make_text(out: Path, mb: float) -> Path:
     """The default corpus repeated to `mb` megabytes of UTF-8 (reused when already there)."""
-    from charlm.corpus import read_text, resolve_corpus
+    from charlm.data.corpus import read_text, resolve_corpus
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"corpus-{mb:g}MB.txt"

@@ -30,14 +30,14 @@ import time
 import numpy as np
 import torch
 
-from charlm.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
+from charlm.run.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
 from charlm.config import Config
-from charlm.copyguard import DEFAULT_MAX_COPY, CopyGuard
-from charlm.corpus import load_corpus
-from charlm.decoding import DEFAULT_DECODING, Decoding, Rules, generate, predict
-from charlm.evaluate import training_corpus
+from charlm.generate.copyguard import DEFAULT_MAX_COPY, CopyGuard
+from charlm.data.corpus import load_corpus
+from charlm.generate.decode import DEFAULT_DECODING, Decoding, Rules, generate, predict
+from charlm.report.evaluate import training_corpus
 from charlm.models import build_model
-from charlm.verse import Shape
+from charlm.generate.verse import Shape
 
 PREFIX = "分开"
 

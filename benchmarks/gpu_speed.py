@@ -7,7 +7,7 @@
 For each precision (fp32, then bf16 and fp16 where the device has them) it
 times, on the same minibatches (consecutive sampling, Adam, clip 1):
 
-    charlm emb   `charlm.trainer.train` of `--model lstm --embedding H`: the same
+    charlm emb   `charlm.train.loop.train` of `--model lstm --embedding H`: the same
                  architecture as the bare loop (embedding H -> LSTM -> dense);
                  one epoch's wall time = training + validation (all streams the
                  device rule picks) + writing last.pt / best.pt
@@ -39,12 +39,12 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from charlm.accel import Precision  # noqa: E402
-from charlm.batches import epoch_batches  # noqa: E402
+from charlm.device import Precision  # noqa: E402
+from charlm.data.batches import epoch_batches  # noqa: E402
 from charlm.config import Config  # noqa: E402
-from charlm.corpus import load_corpus  # noqa: E402
+from charlm.data.corpus import load_corpus  # noqa: E402
 from charlm.errors import CharlmError  # noqa: E402
-from charlm.trainer import evaluate, pick_device, train  # noqa: E402
+from charlm.train.loop import evaluate, pick_device, train  # noqa: E402
 
 EPOCHS = 2  # the second is timed
 
@@ -64,7 +64,7 @@ def peak_mib(device) -> float | None:
 
 
 def run_charlm(config: Config, corpus, device) -> dict:
-    """charlm.trainer.train for EPOCHS epochs; the last epoch's wall time from one log line to the next."""
+    """charlm.train.loop.train for EPOCHS epochs; the last epoch's wall time from one log line to the next."""
     stamps = []
 
     def log(line: str) -> None:

@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from charlm.synthetic import best_perplexity, markov_indices  # noqa: E402
+from charlm.data.synthetic import best_perplexity, markov_indices  # noqa: E402
 
 # (order, vocabulary, rank, epochs) of the panel's Markov texts; the epochs are about where the fit stops gaining
 PANEL = ((2, 60, 16, 300), (3, 1000, 2, 40), (3, 1000, 4, 60), (3, 1000, 16, 90))

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from charlm.checkpoint import load_checkpoint, model_from_checkpoint
+from charlm.run.checkpoint import load_checkpoint, model_from_checkpoint
 from charlm.config import Config, apply_preset
-from charlm.corpus import load_corpus
+from charlm.data.corpus import load_corpus
 from charlm.models import build_model, count_parameters
 from charlm.models.kn import KNModel
-from charlm.trainer import evaluate, train
+from charlm.train.loop import evaluate, train
 
 FAMILIES = ("rnn-scratch", "rnn", "gru", "lstm", "kn")
 

@@ -25,11 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from charlm.checkpoint import load_checkpoint  # noqa: E402
+from charlm.run.checkpoint import load_checkpoint  # noqa: E402
 from charlm.config import Config  # noqa: E402
-from charlm.corpus import load_corpus  # noqa: E402
-from charlm.ngram import choose_order  # noqa: E402
-from charlm.synthetic import make_markov_text  # noqa: E402
+from charlm.data.corpus import load_corpus  # noqa: E402
+from charlm.models.kneser_ney import choose_order  # noqa: E402
+from charlm.data.synthetic import make_markov_text  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 # name: (order, vocabulary, teacher rank). The teacher's rank sets how much there is to learn from the

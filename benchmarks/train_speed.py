@@ -21,7 +21,7 @@ FLOPs per trained character (a multiply-add counts 2), with H hidden units and V
 The peak is the best float32 torch.mm rate over the model's own matrix shapes
 (and a 1024 cube), measured in this run before and after the training rounds.
 The "fast" path of rnn-scratch, and of the one-layer rnn on the CPU, runs its
-recurrence through charlm.fastrnn.tanh_recurrence (a hand-written backward
+recurrence through charlm.models.fastrnn.tanh_recurrence (a hand-written backward
 through time); on CUDA the nn models' fast path is torch's own module (cuDNN)
 fed looked-up columns. "torch" is torch's nn.RNN / GRU / LSTM alone, fed
 one-hot vectors: the baseline the fast path must keep up with on every device.
@@ -40,12 +40,12 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from charlm.batches import epoch_batches  # noqa: E402
+from charlm.data.batches import epoch_batches  # noqa: E402
 from charlm.config import Config  # noqa: E402
-from charlm.corpus import load_corpus  # noqa: E402
-from charlm.metrics import perplexity  # noqa: E402
+from charlm.data.corpus import load_corpus  # noqa: E402
+from charlm.run.metrics import perplexity  # noqa: E402
 from charlm.models import build_model, detach_state  # noqa: E402
-from charlm.trainer import grad_clipping, make_optimizer, pick_device  # noqa: E402
+from charlm.train.loop import grad_clipping, make_optimizer, pick_device  # noqa: E402
 
 
 class PlainTorch(torch.nn.Module):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 
-from .errors import CharlmError
+from charlm.errors import CharlmError
 
 
 def _opt(default, help, **extra):
@@ -109,7 +109,7 @@ class Config:
             raise CharlmError(f"--tune-fraction must lie in [0, 0.5) (a share of the training text; 0: none), got {self.tune_fraction}")
         if self.order < 1:
             raise CharlmError(f"--order must be 1 or more (1 = character frequencies, 5 = the usual baseline), got {self.order}")
-        if self.order > 16:  # charlm.ngram.MAX_ORDER: refused before any counting allocates per-order arrays
+        if self.order > 16:  # charlm.models.kneser_ney.MAX_ORDER: refused before any counting allocates per-order arrays
             raise CharlmError(f"--order must be at most 16 (character n-grams gain nothing beyond; 6-8 is usually best), got {self.order}")
         if not 0 <= self.mix_weight <= 1:
             raise CharlmError(f"--mix-weight must lie in [0, 1] (the neural share of the mixture), got {self.mix_weight}")

@@ -7,7 +7,7 @@
 import sys
 from pathlib import Path
 
-from charlm.clidoc import render
+from charlm.cli.clidoc import render
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 

@@ -46,8 +46,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from charlm.checkpoint import load_checkpoint  # noqa: E402
-from charlm.corpus import resolve_corpus  # noqa: E402
+from charlm.run.checkpoint import load_checkpoint  # noqa: E402
+from charlm.data.corpus import resolve_corpus  # noqa: E402
 from charlm.errors import CharlmError  # noqa: E402
 
 TIMINGS = ("seconds", "val_seconds", "chars_per_sec", "elapsed")

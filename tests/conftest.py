@@ -41,7 +41,7 @@ def tiny_run(tmp_path_factory):
     """(run directory, corpus path) of an nn.RNN (hidden 16) trained 3 epochs through the CLI, shared read-only."""
     from click.testing import CliRunner
 
-    from charlm.cli import cli
+    from charlm.cli.app import cli
 
     tmp = tmp_path_factory.mktemp("tiny-run")
     corpus = tmp / "tiny.txt"

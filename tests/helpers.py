@@ -32,7 +32,7 @@ def cli(args, capsys) -> tuple[int, str, str]:
     """Run the charlm CLI in this process; return (exit status, stdout, stderr)."""
     import pytest
 
-    from charlm.cli import main
+    from charlm.cli.app import main
 
     with pytest.raises(SystemExit) as info:
         main([str(a) for a in args])

@@ -10,7 +10,7 @@ class LiveServer:
     def __init__(self, app):
         import uvicorn
 
-        from charlm.serve import bind, url_of
+        from charlm.web.app import bind, url_of
 
         self.sock = bind("127.0.0.1", 0)
         self.url = url_of(self.sock)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from charlm.checkpoint import load_checkpoint
+from charlm.run.checkpoint import load_checkpoint
 from charlm.errors import CharlmError
 from charlm.models import MODELS
 from helpers import TRAIN, cli, fails, train_args  # noqa: F401

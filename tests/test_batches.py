@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from charlm.batches import data_iter_consecutive, data_iter_random, epoch_batches, num_batches
+from charlm.data.batches import data_iter_consecutive, data_iter_random, epoch_batches, num_batches
 from charlm.config import Config
 from charlm.errors import CharlmError
 

@@ -26,7 +26,7 @@ FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-u
 
 @pytest.fixture(scope="module")
 def server(tiny_run):
-    from charlm.serve import Engine, create_app
+    from charlm.web.app import Engine, create_app
     from serve_helpers import LiveServer
 
     with LiveServer(create_app(Engine(tiny_run[0] / "best.pt"))) as live:

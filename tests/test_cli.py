@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from charlm.cli import cli
+from charlm.cli.app import cli
 from helpers import assert_one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,11 +15,11 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from charlm import cli as cli_module
-from charlm.cli import cli, train_command
-from charlm.compare import Run
+from charlm.cli import app as cli_module
+from charlm.cli.app import cli, train_command
+from charlm.report.compare import Run
 from charlm.config import PRESETS, Config, field_default
-from charlm.report import Summary, conclusions
+from charlm.report.summary import Summary, conclusions
 from helpers import assert_one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +125,7 @@ def expected_from_help(texts: dict, field, preset: str | None, model: str) -> st
 
 def record_runs(monkeypatch) -> list:
     """Stand-in for trainer.train that records the config a run would train with (and trains nothing)."""
-    import charlm.trainer
+    import charlm.train.loop
 
     seen = []
 
@@ -133,7 +133,7 @@ def record_runs(monkeypatch) -> list:
         seen.append(config)
         return SimpleNamespace(best_val_ppl=1.0, best_epoch=1)
 
-    monkeypatch.setattr(charlm.trainer, "train", fake_train)
+    monkeypatch.setattr(charlm.train.loop, "train", fake_train)
     return seen
 
 
@@ -181,7 +181,7 @@ def test_train_with_no_preset_flag_changes_only_what_help_says_auto_chooses(corp
 
 def test_compare_help_defaults_are_what_its_runs_record(corpus_file, tmp_path, monkeypatch):
     """`charlm compare` with no flags: every run's config is what --help says (its default preset included)."""
-    import charlm.compare
+    import charlm.report.compare
     from charlm.errors import CharlmError
 
     seen = []
@@ -190,7 +190,7 @@ def test_compare_help_defaults_are_what_its_runs_record(corpus_file, tmp_path, m
         seen.extend(configs)
         raise CharlmError("stopped by the test")
 
-    monkeypatch.setattr(charlm.compare, "run_compare", fake_run_compare)
+    monkeypatch.setattr(charlm.report.compare, "run_compare", fake_run_compare)
     result = run("compare", "--corpus", corpus_file, "--out", tmp_path / "out")
     assert result.exit_code == 2 and "stopped by the test" in result.output
     command = cli.commands["compare"]
@@ -284,8 +284,8 @@ def test_one_spelling_per_concept_across_commands():
 
 
 def test_decoding_specs_are_spelled_as_the_flags():
-    from charlm.decoding import parse_decoding, parse_decodings
-    from charlm.evaluate import DEFAULT_DECODINGS
+    from charlm.generate.decode import parse_decoding, parse_decodings
+    from charlm.report.evaluate import DEFAULT_DECODINGS
 
     assert parse_decoding("top-k=5") == parse_decoding("top_k=5")
     assert parse_decoding("top-k=40+temperature=0.7+repetition-penalty=1.2").label() == \
@@ -315,7 +315,7 @@ def test_old_samples_spelling_still_works_with_a_notice(tiny_run):
 # --- docs/cli.md ------------------------------------------------------------------------
 
 def test_docs_cli_md_is_generated_from_the_commands():
-    from charlm.clidoc import render
+    from charlm.cli.clidoc import render
 
     text = render()
     for name, command in commands().items():
@@ -387,8 +387,8 @@ def test_interactive_terminal_says_how_to_leave_repeats_and_quits(tiny_run, monk
 # --- the resume line ----------------------------------------------------------------------
 
 def test_resume_says_where_in_the_epoch_it_continues(tmp_path, corpus_file):
-    from charlm.corpus import load_corpus
-    from charlm.trainer import TrainingInterrupted, train
+    from charlm.data.corpus import load_corpus
+    from charlm.train.loop import TrainingInterrupted, train
 
     config = Config(corpus=str(corpus_file), hidden=8, batch_size=4, num_steps=6, epochs=2, pred_every=0,
                     device="cpu", val_fraction=0.2, preset="none").validate()
@@ -414,7 +414,7 @@ def test_resume_says_where_in_the_epoch_it_continues(tmp_path, corpus_file):
 # --- $CHARLM_DATA -------------------------------------------------------------------------
 
 def test_a_missing_charlm_data_is_said_before_falling_back(tmp_path, monkeypatch, corpus_file):
-    from charlm.corpus import DEFAULT_NAME, resolve_corpus
+    from charlm.data.corpus import DEFAULT_NAME, resolve_corpus
 
     work = tmp_path / "work"
     work.mkdir()

@@ -12,13 +12,13 @@ from dataclasses import replace
 import pytest
 from click.testing import CliRunner
 
-from charlm import trainer
-from charlm.cli import cli
+from charlm.train import loop as trainer
+from charlm.cli.app import cli
 from helpers import assert_one_line_error
-from charlm.compare import Run, expand_grid, make_grid, run_key
+from charlm.report.compare import Run, expand_grid, make_grid, run_key
 from charlm.config import Config
-from charlm.metrics import read_metrics
-from charlm.report import Summary, conclusions, results_table
+from charlm.run.metrics import read_metrics
+from charlm.report.summary import Summary, conclusions, results_table
 
 # 2 models x 2 samplers x 2 seeds, 2 epochs, on a text of a few hundred characters
 TINY = ["--epochs", "2", "--seeds", "2", "--hidden", "8", "--batch-size", "4", "--num-steps", "8",
@@ -301,7 +301,7 @@ def test_a_once_evaluated_model_is_a_reference_line(tmp_path):
     assert any(line.startswith("| kn | random | 8 |") for line in results_table([ref, net]))
     assert "Best: kn · random · h8" in conclusions([ref, net])[0]
     pytest.importorskip("matplotlib")
-    from charlm.plots import plot_curves
+    from charlm.report.plots import plot_curves
 
     paths = plot_curves([net, ref], tmp_path)
     assert all(p.stat().st_size > 0 for p in paths)

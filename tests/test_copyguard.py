@@ -9,15 +9,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from charlm.checkpoint import load_checkpoint
-from charlm.cli import cli
+from charlm.run.checkpoint import load_checkpoint
+from charlm.cli.app import cli
 from charlm.config import Config
-from charlm.copyguard import FILE_NAME, CopyGuard, build_keys, load_guard, save_guard
-from charlm.corpus import load_corpus
-from charlm.decoding import Decoding, Sampler, apply_repetition_penalty, generate
+from charlm.generate.copyguard import FILE_NAME, CopyGuard, build_keys, load_guard, save_guard
+from charlm.data.corpus import load_corpus
+from charlm.generate.decode import Decoding, Sampler, apply_repetition_penalty, generate
 from charlm.models import build_model
-from charlm.verse import MIN_SONG_LINES, corpus_prefixes
-from charlm.vocab import Vocab
+from charlm.generate.verse import MIN_SONG_LINES, corpus_prefixes
+from charlm.data.vocab import Vocab
 from helpers import assert_one_line_error
 
 TEXT = ("分开 不分开 我想就这样牵着你的手不放开\n爱可不可以简简单单没有伤害\n"

@@ -4,15 +4,15 @@
 import pytest
 import torch
 
-from charlm.checkpoint import load_checkpoint, model_from_checkpoint
+from charlm.run.checkpoint import load_checkpoint, model_from_checkpoint
 from charlm.config import Config
-from charlm.corpus import load_corpus
-from charlm.decoding import (Decoding, Sampler, apply_repetition_penalty, beam_search, generate,
+from charlm.data.corpus import load_corpus
+from charlm.generate.decode import (Decoding, Sampler, apply_repetition_penalty, beam_search, generate,
                              parse_decoding, parse_decodings, predict, score, top_k_filter, top_p_filter)
 from charlm.errors import CharlmError
 from charlm.models import build_model
-from charlm.trainer import train
-from charlm.vocab import Vocab
+from charlm.train.loop import train
+from charlm.data.vocab import Vocab
 
 TEXT = ("分开 不分开 我想就这样牵着你的手不放开\n爱可不可以简简单单没有伤害\n"
         "你靠着我的肩膀 你在我胸口睡着\n像这样的生活 我爱你 你爱我\n") * 6

@@ -19,9 +19,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from charlm import distributed
-from charlm.checkpoint import load_checkpoint
-from charlm.cli import cli
+from charlm.train import distributed
+from charlm.run.checkpoint import load_checkpoint
+from charlm.cli.app import cli
 from charlm.errors import CharlmError
 
 # batch 32 as in the acceptance command; the text gives 6 minibatches of 32 x 8 per epoch
@@ -83,8 +83,8 @@ def assert_same_curves(a, b):
 # Runs `charlm train` under torchrun and saves the minibatches each rank trained on in epoch 1.
 RECORD_SHARDS = """
 import os, sys, torch
-import charlm.trainer as trainer
-from charlm.cli import main
+import charlm.train.loop as trainer
+from charlm.cli.app import main
 
 real = trainer.train_epoch
 def recording(model, batches, optimizer, clip, carry, epoch, *rest, **kwargs):
@@ -124,9 +124,9 @@ def test_two_processes_follow_the_single_process_run(sampler, consecutive_runs, 
 
 
 def test_each_rank_trains_on_its_own_half_of_every_minibatch(consecutive_runs, corpus_file):
-    from charlm.batches import epoch_batches
+    from charlm.data.batches import epoch_batches
     from charlm.config import Config
-    from charlm.corpus import load_corpus
+    from charlm.data.corpus import load_corpus
 
     root, _ = consecutive_runs
     config = Config(corpus=str(corpus_file), sampler="consecutive", batch_size=32, num_steps=8, seed=3)
@@ -188,8 +188,8 @@ def test_a_rank_that_dies_stops_the_others(corpus_file, tmp_path):
     script = tmp_path / "die.py"
     script.write_text(textwrap.dedent("""
         import os, sys
-        import charlm.trainer as trainer
-        from charlm.cli import main
+        import charlm.train.loop as trainer
+        from charlm.cli.app import main
 
         real = trainer.train_epoch
         def dying(model, batches, optimizer, clip, carry, epoch, *rest, **kwargs):
@@ -216,7 +216,7 @@ def test_ranks_reading_different_texts_refuse_to_train(corpus_file, tmp_path):
     script = tmp_path / "other_text.py"
     script.write_text(textwrap.dedent(f"""
         import os, sys
-        from charlm.cli import main
+        from charlm.cli.app import main
         argv = sys.argv[1:]
         if os.environ["RANK"] == "1":
             argv[argv.index("--corpus") + 1] = {str(other)!r}

@@ -5,13 +5,13 @@ import os
 import numpy as np
 import pytest
 
-from charlm import encode_cache
+from charlm.data import cache as encode_cache
 from charlm.config import Config
-from charlm.corpus import fingerprint, load_corpus
-from charlm.encode_cache import (Encoded, build_vocab, cache_dir, corpus_key, encode_indices, encode_to_file,
+from charlm.data.corpus import fingerprint, load_corpus
+from charlm.data.cache import (Encoded, build_vocab, cache_dir, corpus_key, encode_indices, encode_to_file,
                                  load_encoded, text_fingerprint)
 from charlm.errors import CharlmError
-from charlm.vocab import Vocab
+from charlm.data.vocab import Vocab
 
 # 4-byte characters (emoji, a CJK extension-B ideograph), Chinese, Latin with accents,
 # Cyrillic, combining marks (e + U+0301, a + U+0308), a zero-width joiner sequence.

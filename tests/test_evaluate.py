@@ -6,14 +6,14 @@ import math
 import pytest
 from click.testing import CliRunner
 
-from charlm.checkpoint import load_checkpoint, model_from_checkpoint
-from charlm.cli import cli
-from charlm.corpus import load_corpus
-from charlm.decoding import generate, parse_decodings
+from charlm.run.checkpoint import load_checkpoint, model_from_checkpoint
+from charlm.cli.app import cli
+from charlm.data.corpus import load_corpus
+from charlm.generate.decode import generate, parse_decodings
 from charlm.errors import CharlmError
-from charlm.evaluate import (COLUMNS, DEFAULT_DECODINGS, decoding_rows, evaluate_model, markdown_table,
+from charlm.report.evaluate import (COLUMNS, DEFAULT_DECODINGS, decoding_rows, evaluate_model, markdown_table,
                              text_indices)
-from charlm.trainer import evaluate as carried_perplexity
+from charlm.train.loop import evaluate as carried_perplexity
 
 from conftest import LYRICS as TEXT
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from charlm.fastrnn import tanh_recurrence, tanh_recurrence_reference
+from charlm.models.fastrnn import tanh_recurrence, tanh_recurrence_reference
 
 D = torch.float64
 

@@ -5,7 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from charlm.cli import cli
+from charlm.cli.app import cli
 from helpers import assert_one_line_error as one_line_error
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from charlm.checkpoint import load_checkpoint, save_checkpoint
+from charlm.run.checkpoint import load_checkpoint, save_checkpoint
 from helpers import TRAIN, cli, default_sigint, fails, train_args  # noqa: F401
 
 LOCK_NAME = ".lock"  # charlm/rundir.py's
@@ -46,7 +46,7 @@ def trained(tmp_path, small_corpus, capsys) -> Path:
 # --- lost work -------------------------------------------------------------------------------
 
 def test_second_writer_of_a_run_directory_is_refused(small_corpus, tmp_path, capsys):
-    from charlm.rundir import RunLock
+    from charlm.run.rundir import RunLock
 
     run = tmp_path / "run"
     with RunLock(run):  # another process training into it (flock conflicts between open files, even in one process)
@@ -56,7 +56,7 @@ def test_second_writer_of_a_run_directory_is_refused(small_corpus, tmp_path, cap
 
 
 def test_second_compare_into_one_out_is_refused(small_corpus, tmp_path, capsys):
-    from charlm.rundir import RunLock
+    from charlm.run.rundir import RunLock
 
     out = tmp_path / "cmp"
     with RunLock(out):
@@ -336,9 +336,9 @@ def test_legacy_torch_file_is_not_called_truncated(tmp_path, capsys):
 def test_sigterm_while_counting_ngrams_is_acted_on(small_corpus, tmp_path):
     """The counting pass of --model kn asks should_stop() between orders (it used to run to its end)."""
     from charlm.config import Config
-    from charlm.corpus import load_corpus
-    from charlm.ngram import CountingInterrupted
-    from charlm.trainer import train
+    from charlm.data.corpus import load_corpus
+    from charlm.models.kneser_ney import CountingInterrupted
+    from charlm.train.loop import train
 
     config = Config(corpus=str(small_corpus), model="kn", order=3, val_fraction=0.2, pred_every=0, device="cpu",
                     preset="none")
@@ -439,7 +439,7 @@ def test_interactive_generate_from_a_stream_without_line_breaks(trained):
 
 @pytest.mark.parametrize("value", ["inf", "nan", "1e300"])
 def test_distributed_timeout_must_be_a_usable_number(monkeypatch, value):
-    from charlm.distributed import collective_timeout
+    from charlm.train.distributed import collective_timeout
     from charlm.errors import CharlmError
 
     monkeypatch.setenv("CHARLM_DIST_TIMEOUT", value)

@@ -7,15 +7,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from charlm.checkpoint import load_checkpoint, model_from_checkpoint
-from charlm.cli import cli
+from charlm.run.checkpoint import load_checkpoint, model_from_checkpoint
+from charlm.cli.app import cli
 from charlm.config import Config
-from charlm.corpus import load_corpus
+from charlm.data.corpus import load_corpus
 from charlm.errors import CharlmError
 from charlm.models import MODELS, build_model, count_parameters
 from charlm.models.kn import KNModel
-from charlm.ngram import KneserNey
-from charlm.trainer import evaluate, train
+from charlm.models.kneser_ney import KneserNey
+from charlm.train.loop import evaluate, train
 
 
 def _seq(n=300, v=6, seed=0):

@@ -7,17 +7,17 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from charlm.checkpoint import load_checkpoint, model_from_checkpoint
-from charlm.cli import cli
+from charlm.run.checkpoint import load_checkpoint, model_from_checkpoint
+from charlm.cli.app import cli
 from charlm.config import Config, apply_preset
-from charlm.corpus import load_corpus
+from charlm.data.corpus import load_corpus
 from charlm.errors import CharlmError
 from charlm.models import MODELS, build_model
 from charlm.models.kn import KNModel
 from charlm.models.mixture import MixtureModel
 from charlm.models import RNNModel
-from charlm.ngram import KneserNey
-from charlm.trainer import evaluate, train
+from charlm.models.kneser_ney import KneserNey
+from charlm.train.loop import evaluate, train
 
 TINY = dict(hidden=16, num_steps=8, batch_size=4, val_fraction=0.2, pred_every=0)
 
@@ -128,7 +128,7 @@ def test_best_preset_builds_a_gru_kn_mixture():
 
 
 def test_state_dict_round_trip_through_weights_only_file(tmp_path, small_corpus):
-    from charlm.checkpoint import save_checkpoint
+    from charlm.run.checkpoint import save_checkpoint
 
     config = Config(corpus=str(small_corpus), model="mix", mix_neural="gru", embedding=8, order=3, **TINY).validate()
     corpus = load_corpus(config)

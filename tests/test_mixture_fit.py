@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from charlm.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from charlm.run.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from charlm.config import Config
-from charlm.corpus import load_corpus
+from charlm.data.corpus import load_corpus
 from charlm.errors import CharlmError
 from charlm.models import build_model, eval_mode
 from charlm.models.mixture import MixtureModel, best_weight, fit_bucket_weights, fit_mixture

@@ -8,14 +8,14 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from charlm.checkpoint import load_checkpoint, model_from_checkpoint
-from charlm.cli import cli
+from charlm.run.checkpoint import load_checkpoint, model_from_checkpoint
+from charlm.cli.app import cli
 from charlm.config import Config
-from charlm.corpus import load_corpus
+from charlm.data.corpus import load_corpus
 from charlm.errors import CharlmError
 from charlm.models import (MODELS, GRUModel, GRUScratch, LSTMModel, LSTMScratch, RNNModel, RNNScratch,
                            build_model, count_parameters, detach_state)
-from charlm.trainer import evaluate, train
+from charlm.train.loop import evaluate, train
 
 RECURRENT = ("rnn-scratch", "gru-scratch", "lstm-scratch", "rnn", "gru", "lstm")
 V, H, B, T = 7, 5, 3, 4
@@ -224,12 +224,12 @@ def test_textbook_and_fast_paths_give_the_same_loss_and_gradients(name, kwargs):
 
 def test_the_fast_path_builds_no_one_hot(monkeypatch):
     """No one_hot call anywhere on the default path (each would be a vocab-wide tensor)."""
-    import charlm.vocab
+    import charlm.data.vocab
 
     def refuse(*args, **kwargs):
         raise AssertionError("one-hot built on the fast path")
     monkeypatch.setattr(F, "one_hot", refuse)
-    monkeypatch.setattr(charlm.vocab, "one_hot", refuse)
+    monkeypatch.setattr(charlm.data.vocab, "one_hot", refuse)
     for name in RECURRENT:
         model = build_model(Config(model=name, hidden=H), V)
         model(batch()[0], model.begin_state(B))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from charlm.ngram import KneserNey
+from charlm.models.kneser_ney import KneserNey
 
 TINY = [0, 1, 0, 1, 0, 2]  # V = 3
 

@@ -1,4 +1,4 @@
-"""The array Kneser-Ney (charlm.ngram) against the first, dict-based implementation (charlm.reference.ngram_dict)."""
+"""The array Kneser-Ney (charlm.models.kneser_ney) against the first, dict-based implementation (charlm.reference.ngram_dict)."""
 
 import io
 
@@ -8,7 +8,7 @@ import torch
 
 from charlm.errors import CharlmError
 from charlm.models.kn import KNModel
-from charlm.ngram import MAX_ORDER, CountingInterrupted, KneserNey, choose_order, count_ngrams
+from charlm.models.kneser_ney import MAX_ORDER, CountingInterrupted, KneserNey, choose_order, count_ngrams
 from charlm.reference.ngram_dict import KneserNey as DictKneserNey
 
 TEXT = ("分开 不分开 我不能再想 我不 我不 我不能 爱情来的太快就像龙卷风 离不开暴风圈来不及逃\n"

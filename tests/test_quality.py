@@ -1,10 +1,10 @@
-"""Tests for charlm.quality; expected values are worked out by hand in the comments."""
+"""Tests for charlm.report.quality; expected values are worked out by hand in the comments."""
 
 import random
 
 import pytest
 
-from charlm.quality import CopyIndex, distinct_n, repeated_ngram_fraction, sample_report
+from charlm.report.quality import CopyIndex, distinct_n, repeated_ngram_fraction, sample_report
 
 
 # ---------------------------------------------------------------- distinct-n

@@ -8,16 +8,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from charlm import budget as budget_module
-from charlm.budget import FLOOR, MEASURE_STEPS, Budget
-from charlm.checkpoint import load_checkpoint
-from charlm.cli import cli
+from charlm.train import budget as budget_module
+from charlm.train.budget import FLOOR, MEASURE_STEPS, Budget
+from charlm.run.checkpoint import load_checkpoint
+from charlm.cli.app import cli
 from charlm.config import Config, apply_preset, field_default
-from charlm.corpus import Corpus, carve_tune
-from charlm.recipe import (AUTO_FIELDS, SHORT_DROPOUT, SHORT_EPOCHS, SHORT_MIN_CHARS, SHORT_ORDER, SHORT_WEIGHT_DECAY,
+from charlm.data.corpus import Corpus, carve_tune
+from charlm.train.recipe import (AUTO_FIELDS, SHORT_DROPOUT, SHORT_EPOCHS, SHORT_MIN_CHARS, SHORT_ORDER, SHORT_WEIGHT_DECAY,
                            CorpusStats, DeviceInfo, choose_recipe, repeated_share, resolve_auto)
-from charlm.synthetic import _log_probs, best_perplexity, markov_indices
-from charlm.vocab import Vocab
+from charlm.data.synthetic import _log_probs, best_perplexity, markov_indices
+from charlm.data.vocab import Vocab
 
 CPU = DeviceInfo("cpu", 2)
 

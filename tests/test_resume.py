@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from charlm.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
-from charlm.cli import main
+from charlm.run.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from charlm.cli.app import main
 from charlm.config import Config
-from charlm.corpus import load_corpus
-from charlm.trainer import TrainingInterrupted, rng_state, set_rng_state, train
+from charlm.data.corpus import load_corpus
+from charlm.train.loop import TrainingInterrupted, rng_state, set_rng_state, train
 
 TIMINGS = ("seconds", "val_seconds", "chars_per_sec", "elapsed")
 

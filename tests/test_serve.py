@@ -24,9 +24,9 @@ with warnings.catch_warnings():  # starlette >= 1.x suggests httpx2 for its test
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient  # noqa: E402
 
-from charlm import decoding as dec  # noqa: E402
-from charlm.cli import cli  # noqa: E402
-from charlm.serve import Engine, Limits, bind, create_app  # noqa: E402
+from charlm.generate import decode as dec  # noqa: E402
+from charlm.cli.app import cli  # noqa: E402
+from charlm.web.app import Engine, Limits, bind, create_app  # noqa: E402
 from helpers import assert_one_line_error, default_sigint  # noqa: E402
 from serve_helpers import LiveServer  # noqa: E402
 
@@ -73,7 +73,7 @@ def test_checkpoint_describes_the_run(client, engine, tiny_run):
     info = client.get("/api/checkpoint").json()
     assert info["name"] == "run/best.pt"
     assert info["vocab_size"] == len(engine.vocab) == len(set(tiny_run[1].read_text(encoding="utf-8")))
-    from charlm.checkpoint import load_checkpoint
+    from charlm.run.checkpoint import load_checkpoint
 
     stored = load_checkpoint(tiny_run[0] / "best.pt")
     assert info["config"] == json.loads(json.dumps(stored["config"])) and info["config"]["hidden"] == 16
@@ -108,7 +108,7 @@ def test_generate_matches_the_decoders(client, engine):
     assert body["decoding"]["strategy"] == "sample" and body["decoding"]["seed"] == 11
     import torch
 
-    from charlm.verse import Shape
+    from charlm.generate.verse import Shape
 
     want = dec.generate(engine.model, engine.vocab, "分开", 40, dec.Decoding(True, 0.8, 5), 3,
                         torch.Generator().manual_seed(11), shape=Shape(tidy=True))

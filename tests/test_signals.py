@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from charlm.checkpoint import load_checkpoint
-from charlm.cli import main
+from charlm.run.checkpoint import load_checkpoint
+from charlm.cli.app import main
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 
@@ -114,7 +114,7 @@ def test_second_signal_handler_exits_immediately():
     """The handler itself, deterministically: the second signal ends the process with 128 + signum at once."""
     script = textwrap.dedent("""
         import os, signal, time
-        from charlm.cli import StopOnSignal
+        from charlm.cli.app import StopOnSignal
         with StopOnSignal() as stop:
             os.kill(os.getpid(), signal.SIGTERM)
             while not stop():
@@ -166,7 +166,7 @@ def test_sigkill_in_the_middle_of_a_checkpoint_write(corpus, tmp_path, capsys):
     run = tmp_path / "run"
     script = textwrap.dedent("""
         import os, signal, sys, torch
-        from charlm.cli import main
+        from charlm.cli.app import main
         real_save = torch.save
         def save_then_die(payload, f, *args, **kwargs):
             if payload.get("epoch") == 2:

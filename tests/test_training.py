@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from charlm.checkpoint import load_checkpoint, model_from_checkpoint
+from charlm.run.checkpoint import load_checkpoint, model_from_checkpoint
 from charlm.config import Config, apply_preset
-from charlm.corpus import load_corpus
-from charlm.decoding import predict
-from charlm.metrics import read_metrics
-from charlm.trainer import evaluate, grad_clipping, train
+from charlm.data.corpus import load_corpus
+from charlm.generate.decode import predict
+from charlm.run.metrics import read_metrics
+from charlm.train.loop import evaluate, grad_clipping, train
 
 REPETITIVE = "分开 不分开 我爱你 " * 40
 
@@ -91,7 +91,7 @@ def test_textbook_preset_gives_each_model_its_optimizer():
 
 def test_progress_continuations_sample_outside_the_textbook_and_leave_training_rng_alone(small_corpus):
     from charlm.models import build_model
-    from charlm.trainer import log_predictions
+    from charlm.train.loop import log_predictions
 
     corpus = load_corpus(tiny_config(small_corpus))
     torch.manual_seed(0)

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from charlm.config import Config
-from charlm.corpus import load_corpus, prepare_text, read_text, split
+from charlm.data.corpus import load_corpus, prepare_text, read_text, split
 from charlm.errors import CharlmError
-from charlm.vocab import Vocab, one_hot, to_onehot
+from charlm.data.vocab import Vocab, one_hot, to_onehot
 
 VOCAB_SNIPPET = (
-    "import sys; from charlm.vocab import Vocab; "
+    "import sys; from charlm.data.vocab import Vocab; "
     "print(Vocab.build(open(sys.argv[1], encoding='utf-8').read()).idx_to_char)"
 )
 

@@ -11,13 +11,13 @@ import contextlib
 
 import torch
 
-from ..errors import CharlmError
-from .gru_scratch import GRUScratch
-from .lstm_scratch import LSTMScratch
-from .recurrent_nn import GRUModel, LSTMModel, RNNModel, upgrade_state_dict
-from .rnn_scratch import RNNScratch
-from .kn import KNModel
-from .mixture import MixtureModel
+from charlm.errors import CharlmError
+from charlm.models.gru_scratch import GRUScratch
+from charlm.models.lstm_scratch import LSTMScratch
+from charlm.models.recurrent_nn import GRUModel, LSTMModel, RNNModel, upgrade_state_dict
+from charlm.models.rnn_scratch import RNNScratch
+from charlm.models.kn import KNModel
+from charlm.models.mixture import MixtureModel
 
 MODELS = {
     "rnn-scratch": RNNScratch,

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import CharlmError
-from ..ngram import MAX_ORDER, KneserNey
+from charlm.errors import CharlmError
+from charlm.models.kneser_ney import MAX_ORDER, KneserNey
 
 
 class KNModel(nn.Module):
@@ -48,7 +48,7 @@ class KNModel(nn.Module):
         """Count the n-grams of the training text (replaces earlier counts).
 
         `should_stop()` is asked between orders; when it turns true, counting stops with
-        charlm.ngram.CountingInterrupted (a CharlmError) and the earlier counts stay.
+        charlm.models.kneser_ney.CountingInterrupted (a CharlmError) and the earlier counts stay.
         """
         train = np.asarray(train_indices, dtype=np.int64)
         if train.size < self.order:

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..vocab import to_onehot
-from .scratch_common import check_scratch_config, normal, zeros
+from charlm.data.vocab import to_onehot
+from charlm.models.scratch_common import check_scratch_config, normal, zeros
 
 
 class LSTMScratch(nn.Module):

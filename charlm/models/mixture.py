@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CharlmError
-from .kn import KNModel
+from charlm.errors import CharlmError
+from charlm.models.kn import KNModel
 
 # How `mix_weights` is indexed; the code is stored in the `mix_scheme` buffer.
 SCHEMES = {"global": 0, "level": 1, "count": 2}
@@ -64,7 +64,7 @@ class MixtureModel(nn.Module):
 
     @classmethod
     def from_config(cls, config, vocab_size: int) -> "MixtureModel":
-        from . import MODELS  # here, not at the top: the registry imports this module
+        from charlm.models import MODELS  # here, not at the top: the registry imports this module
 
         name = getattr(config, "mix_neural", "rnn")
         if name not in MODELS or hasattr(MODELS[name], "fit_counts"):

@@ -14,7 +14,7 @@ not a parameter: an exact product, it adds zeros). Two paths give the same numbe
 
 Where the recurrence runs (the only device-specific switch):
 
-    one-layer rnn, lookup path, on the CPU  charlm.fastrnn.tanh_recurrence (a hand-written backward,
+    one-layer rnn, lookup path, on the CPU  charlm.models.fastrnn.tanh_recurrence (a hand-written backward,
                                             measured faster there than torch's kernel)
     everything else, and every model on     torch's own nn.RNN / GRU / LSTM modules (cuDNN on a GPU);
     CUDA                                    their weights sit in one flat chunk (flatten_parameters
@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CharlmError
-from ..fastrnn import tanh_recurrence
+from charlm.errors import CharlmError
+from charlm.models.fastrnn import tanh_recurrence
 
 # cell name -> (torch module, gates per unit)
 _CELLS = {"rnn": (nn.RNN, 1), "gru": (nn.GRU, 3), "lstm": (nn.LSTM, 4)}
@@ -119,7 +119,7 @@ class RecurrentNN(nn.Module):
         return self.dense(F.dropout(Y, self.dropout, self.training)), state  # (batch, steps, vocab)
 
     def _tanh_on_cpu(self, XW: torch.Tensor, state):
-        """One tanh layer through the hand-written recurrence (charlm.fastrnn), faster than torch's kernel on the CPU."""
+        """One tanh layer through the hand-written recurrence (charlm.models.fastrnn), faster than torch's kernel on the CPU."""
         rnn = self.rnn
         Y, h = tanh_recurrence(XW + (rnn.bias_ih_l0 + rnn.bias_hh_l0), state[0], rnn.weight_hh_l0.t())
         return Y, h.unsqueeze(0)  # (batch, steps, hidden), (1, batch, hidden)

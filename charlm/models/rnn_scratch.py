@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..fastrnn import tanh_recurrence
-from ..vocab import to_onehot
-from .scratch_common import check_scratch_config, normal, zeros
+from charlm.models.fastrnn import tanh_recurrence
+from charlm.data.vocab import to_onehot
+from charlm.models.scratch_common import check_scratch_config, normal, zeros
 
 
 class RNNScratch(nn.Module):
@@ -18,7 +18,7 @@ class RNNScratch(nn.Module):
     a one-hot matrix by W_xh at every step; the default path looks the rows up
     (a one-hot product *is* a row lookup) for all steps at once and applies the
     output layer to all steps in one product, leaving only H W_hh in the loop
-    (`charlm.fastrnn.tanh_recurrence`, whose backward is written by hand).
+    (`charlm.models.fastrnn.tanh_recurrence`, whose backward is written by hand).
     `dropout` acts on H_t before the output layer, in training mode only.
     """
 

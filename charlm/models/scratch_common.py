@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import CharlmError
+from charlm.errors import CharlmError
 
 NN_MODELS = ("rnn", "gru", "lstm")  # the families that accept --layers, --embedding and --tie-weights
 

@@ -1,4 +1,4 @@
-"""The first Kneser-Ney implementation, with per-context Python dicts: the oracle for charlm.ngram.
+"""The first Kneser-Ney implementation, with per-context Python dicts: the oracle for charlm.models.kneser_ney.
 
 Slow and memory-hungry (a dict per context), kept only so that the tests can check the
 array implementation in charlm/ngram.py against it; nothing in charlm imports it.

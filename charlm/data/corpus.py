@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .encode_cache import corpus_key, load_encoded, sha256_file
-from .errors import CharlmError
-from .vocab import Vocab
+from charlm.data.cache import corpus_key, load_encoded, sha256_file
+from charlm.errors import CharlmError
+from charlm.data.vocab import Vocab
 
 DEFAULT_NAME = "jaychou_lyrics.txt.zip"
 DEFAULT_SHA256 = "3cfedd7d174111cdad5a27eaffaa6a2432a2842cf2590a03dd8a97610ea07043"

@@ -20,10 +20,10 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from . import __version__, defaults
-from .config import PRESET_NAMES, PRESETS, Config, apply_preset, field_default
-from .errors import CharlmError
-from .models import MODELS
+from charlm import __version__, defaults
+from charlm.config import PRESET_NAMES, PRESETS, Config, apply_preset, field_default
+from charlm.errors import CharlmError
+from charlm.models import MODELS
 
 EXPLICIT_SOURCES = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 
@@ -189,7 +189,7 @@ def config_options(func=None, *, default_preset=MISSING, with_auto=True):
     first `default_preset`, the preset a run uses when --preset is not given
     (train: the Config default; compare passes its own), and whether --preset auto is offered.
     """
-    from .helpnotes import preset_note
+    from charlm.cli.helpnotes import preset_note
 
     if func is None:
         return lambda f: config_options(f, default_preset=default_preset, with_auto=with_auto)
@@ -255,7 +255,7 @@ def _default_run_dir(config: Config) -> Path:
 
 def lock_run_dir(ctx: click.Context, run_dir: Path, what: str = "run directory"):
     """Take the run directory's lock until the command ends (charlm/rundir.py); a stale one is reported and taken over."""
-    from .rundir import RunLock, stale_message
+    from charlm.run.rundir import RunLock, stale_message
 
     if run_dir.exists() and not run_dir.is_dir():
         raise CharlmError(f"--out {run_dir} is a file; give a directory")
@@ -268,7 +268,7 @@ def lock_run_dir(ctx: click.Context, run_dir: Path, what: str = "run directory")
 def _prepare_run_dir(ctx: click.Context, run_dir: Path, resuming: bool, overwrite: bool = False, lock=None):
     """Lock the run directory (unless `lock` is held already) and refuse to write over another run
     unless resuming it or told to --overwrite it (its files are then moved aside, never deleted)."""
-    from .rundir import held_run_files, set_aside
+    from charlm.run.rundir import held_run_files, set_aside
 
     lock = lock or lock_run_dir(ctx, run_dir)
     held = [] if resuming else held_run_files(run_dir)
@@ -341,7 +341,7 @@ class StopOnSignal:
 
 def resume_position(payload: dict, config: Config, n_train: int) -> str:
     """Where a resumed run picks up: 'resuming in epoch 1 at minibatch 31 of 50' or 'resuming after epoch 3'."""
-    from .batches import num_batches
+    from charlm.data.batches import num_batches
 
     partial = payload.get("partial")
     if partial:
@@ -361,16 +361,16 @@ def resume_position(payload: dict, config: Config, n_train: int) -> str:
 @click.pass_context
 def train_command(ctx, resume, overwrite, **values):
     """Train a character-level model; print perplexity every epoch and save checkpoints."""
-    from . import distributed
-    from .checkpoint import CheckpointWriteError, load_checkpoint
-    from .corpus import carve_tune, load_corpus
-    from .models import count_parameters, build_model
-    from .ngram import CountingInterrupted
-    from .recipe import resolve_auto
-    from .trainer import TrainingInterrupted, check_resumable, resume_config, train
+    from charlm.train import distributed
+    from charlm.run.checkpoint import CheckpointWriteError, load_checkpoint
+    from charlm.data.corpus import carve_tune, load_corpus
+    from charlm.models import count_parameters, build_model
+    from charlm.models.kneser_ney import CountingInterrupted
+    from charlm.train.recipe import resolve_auto
+    from charlm.train.loop import TrainingInterrupted, check_resumable, resume_config, train
 
-    from .limits import check_length, check_model_fits, check_order, inapplicable_flags
-    from .rundir import resume_target
+    from charlm.models.limits import check_length, check_model_fits, check_order, inapplicable_flags
+    from charlm.run.rundir import resume_target
 
     config, explicit = build_train_config(ctx, values)
     payload, lock = None, None
@@ -425,7 +425,7 @@ def train_command(ctx, resume, overwrite, **values):
     elif payload is None and any(corpus.vocab.unknown(p) for p in config.prefixes):
         from dataclasses import replace
 
-        from .verse import corpus_prefixes
+        from charlm.generate.verse import corpus_prefixes
 
         # the default 分开 is not in this corpus: its own line openings serve the progress samples, the hint
         # and (stored in the run's config) generate and evaluate
@@ -439,7 +439,7 @@ def train_command(ctx, resume, overwrite, **values):
     n_params = count_parameters(build_model(config, len(corpus.vocab)))  # refuses bad model flags before any write
     if group.is_main:  # only rank 0 writes the run directory
         lock = _prepare_run_dir(ctx, run_dir, resuming=payload is not None, overwrite=overwrite, lock=lock)
-        from .copyguard import write_run_guard
+        from charlm.generate.copyguard import write_run_guard
 
         write_run_guard(run_dir, corpus)  # the copy guard's index of the corpus, once per run
 
@@ -579,13 +579,13 @@ def generate_command(ctx, checkpoint, prefixes, length, lines, max_copy, greedy,
 
     import torch
 
-    from .checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
-    from .limits import MAX_LENGTH, check_length, check_seed
-    from .copyguard import guard_for_run
-    from .decoding import Decoding, drop_unknown, encode_prefix, generate
-    from .evaluate import default_prefixes, training_corpus
-    from .trainer import pick_device
-    from .verse import Shape
+    from charlm.run.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
+    from charlm.models.limits import MAX_LENGTH, check_length, check_seed
+    from charlm.generate.copyguard import guard_for_run
+    from charlm.generate.decode import Decoding, drop_unknown, encode_prefix, generate
+    from charlm.report.evaluate import default_prefixes, training_corpus
+    from charlm.train.loop import pick_device
+    from charlm.generate.verse import Shape
 
     sampling = explicit_params(ctx, ["temperature", "top_k", "top_p"])
     if greedy and sampling:
@@ -759,11 +759,11 @@ def evaluate_command(checkpoint, text_path, text_member, text_encoding, corpus_p
     """Perplexity on a text, and per decoding setting how varied and how copied the samples are (markdown table)."""
     import json
 
-    from .checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
-    from .limits import MAX_LENGTH, check_length, check_seed
-    from .decoding import parse_decodings
-    from .evaluate import evaluate_model, markdown_table
-    from .trainer import pick_device
+    from charlm.run.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
+    from charlm.models.limits import MAX_LENGTH, check_length, check_seed
+    from charlm.generate.decode import parse_decodings
+    from charlm.report.evaluate import evaluate_model, markdown_table
+    from charlm.train.loop import pick_device
 
     settings = parse_decodings(decodings)
     check_length(length, num_samples * max(len(prefixes), 1) * max(len(settings), 1))
@@ -808,7 +808,7 @@ COMPARE_PRESETS = sorted(PRESETS) + ["none"]
 
 def compare_options(func):
     """Every `train` flag except the grid's own, then the grid flags of `charlm compare`."""
-    from .helpnotes import preset_summary
+    from charlm.cli.helpnotes import preset_summary
 
     func = config_options(func, default_preset=COMPARE_PRESET, with_auto="auto" in COMPARE_PRESETS)
     func.__click_params__ = [p for p in func.__click_params__ if p.name not in _COMPARE_OWN + _COMPARE_UNUSED]
@@ -867,8 +867,8 @@ def compare_command(ctx, models, samplers, hidden_sizes, seeds, jobs, out_dir, p
     (one directory per run). Every train flag applies to every run. Finished
     runs are reused, so the same command run again continues where it stopped.
     """
-    from .compare import describe, expand_grid, make_grid, run_compare
-    from .report import PLOT_HINT, conclusions, summarize, write_outputs
+    from charlm.report.compare import describe, expand_grid, make_grid, run_compare
+    from charlm.report.summary import PLOT_HINT, conclusions, summarize, write_outputs
 
     grid = make_grid(models, samplers, hidden_sizes, seeds)
     if jobs < 1:
@@ -924,11 +924,11 @@ def serve_command(checkpoint, host, port, threads, device):
     """
     import torch
 
-    from .checkpoint import find_checkpoint
-    from .trainer import pick_device
+    from charlm.run.checkpoint import find_checkpoint
+    from charlm.train.loop import pick_device
 
     try:
-        from . import serve
+        from charlm.web import app as serve
     except ImportError as e:
         raise CharlmError(f"charlm serve needs the web extra ({e.name} is missing): pip install -e '.[web]'") from None
     path = find_checkpoint(checkpoint)

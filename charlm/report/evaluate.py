@@ -12,13 +12,13 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from .corpus import Corpus, load_corpus, prepare_text, read_text
-from .copyguard import DEFAULT_MAX_COPY, CopyGuard
-from .decoding import DEFAULT_DECODING, Decoding, drop_unknown, encode_prefix, generate
-from .errors import CharlmError
-from .quality import CopyIndex, sample_report
-from .trainer import evaluate as carried_perplexity
-from .verse import CLASSIC_PREFIXES, Shape
+from charlm.data.corpus import Corpus, load_corpus, prepare_text, read_text
+from charlm.generate.copyguard import DEFAULT_MAX_COPY, CopyGuard
+from charlm.generate.decode import DEFAULT_DECODING, Decoding, drop_unknown, encode_prefix, generate
+from charlm.errors import CharlmError
+from charlm.report.quality import CopyIndex, sample_report
+from charlm.train.loop import evaluate as carried_perplexity
+from charlm.generate.verse import CLASSIC_PREFIXES, Shape
 
 DEFAULT_DECODINGS = "greedy,temperature=0.8,top-k=5,top-p=0.9,num-beams=4," + DEFAULT_DECODING.label()
 DEFAULT_PREFIXES = CLASSIC_PREFIXES
@@ -46,7 +46,7 @@ def training_corpus(payload: dict, corpus_path: str | None = None, log=None) -> 
 
     `corpus_path` points to the file when it has moved since training.
     """
-    from .config import Config
+    from charlm.config import Config
 
     config = Config.from_dict(payload["config"])
     if corpus_path:
@@ -149,7 +149,7 @@ def evaluate_model(model, vocab, payload: dict, *, text_path: str | None = None,
     None takes the run's own. With `unknown='skip'`, characters outside the vocabulary are dropped
     (and `warn` is told).
     """
-    from .config import Config
+    from charlm.config import Config
 
     corpus = training_corpus(payload, corpus_path, warn)
     if text_path:

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .config import Config, field_default
-from .errors import CharlmError
-from .models import build_model, upgrade_state_dict
-from .vocab import Vocab
+from charlm import __version__
+from charlm.config import Config, field_default
+from charlm.errors import CharlmError
+from charlm.models import build_model, upgrade_state_dict
+from charlm.data.vocab import Vocab
 
 FORMAT = "charlm-checkpoint"
 FORMAT_VERSION = 1
@@ -161,8 +161,8 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
 def check_contents(payload: dict, path) -> None:
     """Refuse a checkpoint whose settings, vocabulary or weights cannot be used (edited or damaged),
     blaming the file rather than flags the user never gave."""
-    from .limits import check_order
-    from .models import MODELS
+    from charlm.models.limits import check_order
+    from charlm.models import MODELS
 
     vocab = payload["vocab"]
     bad = next((c for c in vocab if not (isinstance(c, str) and len(c) == 1)), None)
@@ -225,7 +225,7 @@ def find_checkpoint(path: str | Path | None) -> Path:
 
 def model_from_checkpoint(payload: dict, device="cpu"):
     """Rebuild (model, vocab, config) from a loaded checkpoint, ready for inference."""
-    from .limits import check_model_fits
+    from charlm.models.limits import check_model_fits
 
     config = Config.from_dict(payload["config"])
     vocab = Vocab(payload["vocab"])

@@ -22,12 +22,12 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .batches import SAMPLERS
-from .config import Config, apply_preset
-from .corpus import Corpus, load_corpus
-from .errors import CharlmError
-from .metrics import read_metrics
-from .models import MODELS, build_model
+from charlm.data.batches import SAMPLERS
+from charlm.config import Config, apply_preset
+from charlm.data.corpus import Corpus, load_corpus
+from charlm.errors import CharlmError
+from charlm.run.metrics import read_metrics
+from charlm.models import MODELS, build_model
 
 # Settings that change what is printed or where files go, never a run's numbers: left out of the run key.
 # The corpus path, member and encoding are replaced by the fingerprint of the text actually read.
@@ -203,8 +203,8 @@ def _load_corpus(configs: list[Config], log=None) -> Corpus:
 
 def _check_runnable(configs: list[Config], corpus: Corpus) -> None:
     """Fail before any training when a run could not even start (text too short, bad model settings)."""
-    from .limits import check_model_fits, check_order
-    from .trainer import check_minibatch_fits
+    from charlm.models.limits import check_model_fits, check_order
+    from charlm.train.loop import check_minibatch_fits
 
     for key in dict.fromkeys((c.model, c.hidden, c.batch_size, c.num_steps, c.random_offset) for c in configs):
         config = next(c for c in configs if (c.model, c.hidden, c.batch_size, c.num_steps, c.random_offset) == key)
@@ -238,8 +238,8 @@ def execute_run(config: Config, corpus: Corpus, run_dir: str | Path, threads: in
 
 
 def _execute_run(config: Config, corpus: Corpus, run_dir: Path) -> dict:
-    from .checkpoint import load_checkpoint
-    from .trainer import check_resumable, train
+    from charlm.run.checkpoint import load_checkpoint
+    from charlm.train.loop import check_resumable, train
 
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", config.to_dict())

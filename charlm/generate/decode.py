@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import defaults
-from .errors import CharlmError
-from .models import eval_mode
-from .verse import Shape, ShapeState
+from charlm import defaults
+from charlm.errors import CharlmError
+from charlm.models import eval_mode
+from charlm.generate.verse import Shape, ShapeState
 
 
 def greedy(logits: torch.Tensor, generator=None) -> torch.Tensor:

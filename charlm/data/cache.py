@@ -42,8 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CharlmError
-from .vocab import Vocab
+from charlm.errors import CharlmError
+from charlm.data.vocab import Vocab
 
 CACHE_ENV = "CHARLM_CACHE"
 FORMAT = 1  # bump when the entry layout changes: old entries are then rebuilt
@@ -143,7 +143,7 @@ def encode_to_file(text: str, vocab: Vocab, path: str | Path, dtype=None) -> Pat
 
 
 def text_fingerprint(text: str) -> str:
-    """Same value as `charlm.corpus.fingerprint(text)`, hashed chunk by chunk without a full UTF-8 copy."""
+    """Same value as `charlm.data.corpus.fingerprint(text)`, hashed chunk by chunk without a full UTF-8 copy."""
     digest = hashlib.sha256()
     for start in range(0, len(text), CHUNK):
         digest.update(text[start:start + CHUNK].encode("utf-8"))

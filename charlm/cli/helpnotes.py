@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from dataclasses import MISSING, fields
 
-from .config import PRESETS, Config, field_default
+from charlm.config import PRESETS, Config, field_default
 
 
 def auto_fields() -> tuple[str, ...]:
     """The Config fields `--preset auto` may choose (empty when the recipe module is absent)."""
     try:
-        from .recipe import AUTO_FIELDS
+        from charlm.train.recipe import AUTO_FIELDS
     except ImportError:
         return ()
     return tuple(AUTO_FIELDS)

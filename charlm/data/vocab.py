@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import CharlmError
+from charlm.errors import CharlmError
 
 
 class Vocab:
@@ -29,7 +29,7 @@ class Vocab:
     @classmethod
     def build(cls, text: str) -> "Vocab":
         """The sorted set of characters of `text` (same result as `sorted(set(text))`, but vectorised)."""
-        from .encode_cache import vocab_codes  # the vectorised encoder lives beside the cache that stores its output
+        from charlm.data.cache import vocab_codes  # the vectorised encoder lives beside the cache that stores its output
 
         return cls(chr(c) for c in vocab_codes(text))
 
@@ -46,7 +46,7 @@ class Vocab:
     def encode(self, text: str) -> np.ndarray:
         """Indices of the characters of `text` as an int64 array; raises CharlmError on unknown characters."""
         if self._sorted:
-            from .encode_cache import encode_indices  # one gather through a code-point table, chunk by chunk
+            from charlm.data.cache import encode_indices  # one gather through a code-point table, chunk by chunk
 
             return encode_indices(text, self)
         # a vocabulary not in code-point order (e.g. hand-made): the dictionary

@@ -18,7 +18,7 @@ import socket
 import time
 from pathlib import Path
 
-from .errors import CharlmError
+from charlm.errors import CharlmError
 
 LOCK_NAME = ".lock"
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl")  # any of these means the directory holds a run

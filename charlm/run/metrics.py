@@ -7,7 +7,7 @@ import math
 import os
 from pathlib import Path
 
-from .errors import CharlmError
+from charlm.errors import CharlmError
 
 
 def perplexity(total_loss: float, n_chars: int) -> float:

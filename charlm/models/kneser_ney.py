@@ -44,7 +44,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .errors import CharlmError
+from charlm.errors import CharlmError
 
 __all__ = ["KneserNey", "CountingInterrupted", "OrderChoice", "choose_order", "count_ngrams", "MAX_ORDER"]
 

@@ -68,7 +68,7 @@ def deprecated_rows(group: click.Group, ctx: click.Context) -> list[str]:
 def render(group: click.Group | None = None) -> str:
     """The whole of docs/cli.md."""
     if group is None:
-        from .cli import cli as group
+        from charlm.cli.app import cli as group
     root = click.Context(group, info_name="charlm", **group.context_settings)
     lines = ["# Command-line reference", "",
              "Generated from the commands by `python scripts/gen_cli_doc.py`; do not edit by hand "

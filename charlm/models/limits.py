@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import CharlmError
+from charlm.errors import CharlmError
 
 MAX_LENGTH = 100_000  # characters per generated sample: beyond this, decoding runs for minutes with nothing printed
 MAX_ORDER = 16  # longer contexts than this only recite the text, and counting them costs order x text memory

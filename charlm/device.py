@@ -14,7 +14,7 @@ import contextlib
 
 import torch
 
-from .errors import CharlmError
+from charlm.errors import CharlmError
 
 # Characters per validation stream that `--val-streams 0` aims at, and the most streams, per device.
 # Each stream starts from a zero state, so fewer, longer streams keep the figure closer to the single

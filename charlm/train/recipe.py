@@ -140,7 +140,7 @@ def resolve_auto(config, corpus, explicit: set):
     checkpoint says where its values came from), the corpus with its tuning slice,
     and the one line the CLI prints.
     """
-    from .corpus import carve_tune
+    from charlm.data.corpus import carve_tune
 
     stats = corpus_stats(corpus)
     values, reason = choose_recipe(stats, device_info(config.device),
@@ -156,7 +156,7 @@ def resolve_auto(config, corpus, explicit: set):
     corpus = carve_tune(corpus, config.tune_fraction)
     order_note = ""
     if config.model in ("kn", "mix") and "order" not in explicit and len(corpus.tune) >= 2:
-        from .ngram import choose_order
+        from charlm.models.kneser_ney import choose_order
 
         choice = choose_order(corpus.train, corpus.tune, len(corpus.vocab), MAX_ORDER)
         config = replace(config, order=int(choice.order))

@@ -30,14 +30,14 @@ from starlette.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from . import decoding as dec
-from . import defaults
-from .checkpoint import load_checkpoint, model_from_checkpoint
-from .copyguard import guard_for_run
-from .errors import CharlmError
-from .evaluate import default_prefixes, training_corpus
-from .metrics import read_metrics
-from .verse import Shape
+from charlm.generate import decode as dec
+from charlm import defaults
+from charlm.run.checkpoint import load_checkpoint, model_from_checkpoint
+from charlm.generate.copyguard import guard_for_run
+from charlm.errors import CharlmError
+from charlm.report.evaluate import default_prefixes, training_corpus
+from charlm.run.metrics import read_metrics
+from charlm.generate.verse import Shape
 
 STATIC = Path(__file__).parent / "static"
 

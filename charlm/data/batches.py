@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import CharlmError
+from charlm.errors import CharlmError
 
 
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:

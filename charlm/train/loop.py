@@ -17,17 +17,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .accel import Precision, maybe_compile, val_streams
-from .batches import carries_state, epoch_batches, num_batches
-from .budget import Budget
-from .checkpoint import remove_stale_temporaries, save_checkpoint
-from .config import Config
-from .corpus import Corpus
-from .decoding import DEFAULT_DECODING, greedy, predict
-from .distributed import Group
-from .errors import CharlmError
-from .metrics import MetricsLog, perplexity
-from .models import build_model, detach_state, eval_mode
+from charlm.device import Precision, maybe_compile, val_streams
+from charlm.data.batches import carries_state, epoch_batches, num_batches
+from charlm.train.budget import Budget
+from charlm.run.checkpoint import remove_stale_temporaries, save_checkpoint
+from charlm.config import Config
+from charlm.data.corpus import Corpus
+from charlm.generate.decode import DEFAULT_DECODING, greedy, predict
+from charlm.train.distributed import Group
+from charlm.errors import CharlmError
+from charlm.run.metrics import MetricsLog, perplexity
+from charlm.models import build_model, detach_state, eval_mode
 
 
 class NonFiniteLoss(CharlmError):
@@ -124,7 +124,7 @@ def train_epoch(model, batches, optimizer, clip: float, carry: bool, epoch: int,
     `position` (an EpochPosition) starts the pass part-way, as an interrupted run
     left it, and is brought up to date after every step; the pass ends early,
     between two minibatches, as soon as `should_stop()` is true. `precision`
-    (charlm.accel.Precision) runs the step under autocast with its scaler; None: plain fp32.
+    (charlm.device.Precision) runs the step under autocast with its scaler; None: plain fp32.
     """
     position = position if position is not None else EpochPosition()
     autocast = precision.autocast if precision is not None else contextlib.nullcontext
@@ -189,7 +189,7 @@ def tune_perplexity(config: Config, model, tune, device, parts: dict | None = No
     """
     how = getattr(config, "mix_fit", "none")
     if how != "none" and hasattr(model, "neural") and hasattr(model, "kn"):
-        from .models.mixture import fit_mixture
+        from charlm.models.mixture import fit_mixture
         fitted = fit_mixture(model, tune, device, how)
         if parts is not None:
             parts.update(tune_neural_ppl=fitted["neural_ppl"], tune_ngram_ppl=fitted["ngram_ppl"])
@@ -421,7 +421,7 @@ def recount_best(config: Config, corpus: Corpus, model, run_dir: Path, device, s
     text (nothing is fitted on the validation text). last.pt keeps the counts
     training used, so a resumed run continues exactly.
     """
-    from .checkpoint import load_checkpoint
+    from charlm.run.checkpoint import load_checkpoint
 
     payload = load_checkpoint(run_dir / "best.pt")
     model.load_state_dict(payload["model"])

@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from .errors import CharlmError
+from charlm.errors import CharlmError
 
 # How long a collective may wait for the other ranks before failing: long enough
 # for rank 0 to validate and write a checkpoint while the others wait, short

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import defaults
-from .errors import CharlmError
+from charlm import defaults
+from charlm.errors import CharlmError
 
 FILE_NAME = "copyguard.pt"
 DEFAULT_MAX_COPY = defaults.MAX_COPY  # chosen by measurement: see docs/decoding.md
