@@ -12,7 +12,7 @@ that baseline, with the method's result still alive.
 
     dict comprehension   [char_to_idx[c] for c in text]          (vocabulary given)
     Vocab.encode         charlm.data.vocab, searchsorted, int64 result (vocabulary given)
-    encode_indices       charlm.data.cache, lookup table, uint16 result (vocabulary given)
+    encode_indices       charlm.data.encode, lookup table, uint16 result (vocabulary given)
     encode_indices i64   the same with an int64 result
     cache miss           corpus_key + load_encoded on an empty cache: builds the vocabulary,
                          the fingerprint and the .npy file chunk by chunk, then maps it
@@ -54,7 +54,8 @@ def worker(method: str, path: Path, cache: Path) -> dict:
     import numpy as np
 
     from charlm.config import Config
-    from charlm.data.cache import corpus_key, encode_indices, index_dtype, load_encoded
+    from charlm.data.cache import corpus_key, load_encoded
+    from charlm.data.encode import encode_indices, index_dtype
     from charlm.data.vocab import Vocab
 
     os.environ["CHARLM_CACHE"] = str(cache)

@@ -34,8 +34,9 @@ from charlm.run.checkpoint import find_checkpoint, load_checkpoint, model_from_c
 from charlm.config import Config
 from charlm.generate.copyguard import DEFAULT_MAX_COPY, CopyGuard
 from charlm.data.corpus import load_corpus
-from charlm.generate.decode import DEFAULT_DECODING, Decoding, Rules, generate, predict
-from charlm.report.evaluate import training_corpus
+from charlm.generate.decode import Rules, generate, predict
+from charlm.generate.sampling import DEFAULT_DECODING, Decoding
+from charlm.run.checkpoint import training_corpus
 from charlm.models import build_model
 from charlm.generate.verse import Shape
 

@@ -28,7 +28,8 @@ from charlm.config import Config, apply_preset
 from charlm.data.corpus import load_corpus
 from charlm.models import build_model, count_parameters
 from charlm.models.kn import KNModel
-from charlm.train.loop import evaluate, train
+from charlm.train.loop import train
+from charlm.train.validate import perplexity as evaluate
 
 FAMILIES = ("rnn-scratch", "rnn", "gru", "lstm", "kn")
 

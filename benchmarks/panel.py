@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from charlm.run.checkpoint import load_checkpoint  # noqa: E402
 from charlm.config import Config  # noqa: E402
 from charlm.data.corpus import load_corpus  # noqa: E402
-from charlm.models.kneser_ney import choose_order  # noqa: E402
+from charlm.models.kn_tuning import choose_order  # noqa: E402
 from charlm.data.synthetic import make_markov_text  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"

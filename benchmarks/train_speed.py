@@ -45,7 +45,8 @@ from charlm.config import Config  # noqa: E402
 from charlm.data.corpus import load_corpus  # noqa: E402
 from charlm.run.metrics import perplexity  # noqa: E402
 from charlm.models import build_model, detach_state  # noqa: E402
-from charlm.train.loop import grad_clipping, make_optimizer, pick_device  # noqa: E402
+from charlm.device import pick_device  # noqa: E402
+from charlm.train.loop import grad_clipping, make_optimizer  # noqa: E402
 
 
 class PlainTorch(torch.nn.Module):

@@ -4,7 +4,7 @@
     python benchmarks/val_streams.py checkpoints/RUN --streams 1,4,19,32,64,256 --device cpu
 
 Loads best.pt (else last.pt) of a run, re-reads the corpus its config names,
-and evaluates the held-out text as S contiguous streams (charlm.train.loop.evaluate)
+and evaluates the held-out text as S contiguous streams (charlm.train.validate.perplexity)
 for each S; S = 1 is the exact single-stream figure. "auto" is what
 `--val-streams 0` picks on this device.
 """
@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from charlm.device import val_streams  # noqa: E402
 from charlm.run.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 from charlm.data.corpus import load_corpus  # noqa: E402
-from charlm.train.loop import evaluate, pick_device  # noqa: E402
+from charlm.device import pick_device  # noqa: E402
+from charlm.train.validate import perplexity as evaluate  # noqa: E402
 
 
 def main() -> None:

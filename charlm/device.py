@@ -1,4 +1,4 @@
-"""What the device does with a run: validation streams, training precision, TF32 and torch.compile.
+"""What the device does with a run: which one (`pick_device`), validation streams, precision, TF32, torch.compile.
 
 Each rule sits beside its reason; the measurements behind them are in docs/gpu.md.
 
@@ -25,6 +25,15 @@ from charlm.errors import CharlmError
 STREAM_CHARS = {"cpu": 2048, "cuda": 1024}
 MAX_STREAMS = {"cpu": 32, "cuda": 256}
 MIN_CHARS = {"cpu": 16384, "cuda": 0}
+
+
+def pick_device(name: str) -> torch.device:
+    """The torch device for --device: "auto" takes CUDA when there is a GPU; asking for a missing one is refused."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CharlmError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return torch.device(name)
 
 
 def val_streams(requested: int, n_chars: int, device: torch.device) -> int:

@@ -17,7 +17,7 @@ from charlm.errors import CharlmError
 from charlm.run.metrics import perplexity
 from charlm.models import GRUModel, LSTMModel, MixtureModel, RNNModel, build_model, upgrade_state_dict
 from charlm.config import Config
-from charlm.train.loop import evaluate
+from charlm.train.validate import perplexity as evaluate
 from helpers import assert_one_line_error
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
@@ -234,7 +234,7 @@ def test_cli_compile_on_the_cpu_says_it_is_ignored(tmp_path, small_corpus):
 
 def test_precision_compile_and_streams_may_change_on_resume():
     """How a run computes, not what it learns: a GPU run in bf16 resumes on the CPU with --precision fp32."""
-    from charlm.train.loop import resume_config
+    from charlm.train.state import resume_config
 
     saved = Config(precision="bf16", compile=True, val_streams=0)
     got = resume_config(saved, Config(precision="fp32", compile=False, val_streams=1),

@@ -26,7 +26,8 @@ FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-u
 
 @pytest.fixture(scope="module")
 def server(tiny_run):
-    from charlm.web.app import Engine, create_app
+    from charlm.web.app import create_app
+    from charlm.web.engine import Engine
     from serve_helpers import LiveServer
 
     with LiveServer(create_app(Engine(tiny_run[0] / "best.pt"))) as live:

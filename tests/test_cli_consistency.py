@@ -15,7 +15,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from charlm.cli import app as cli_module
+from charlm.cli import generate as generate_module
 from charlm.cli.app import cli, train_command
 from charlm.report.compare import Run
 from charlm.config import PRESETS, Config, field_default
@@ -284,7 +284,7 @@ def test_one_spelling_per_concept_across_commands():
 
 
 def test_decoding_specs_are_spelled_as_the_flags():
-    from charlm.generate.decode import parse_decoding, parse_decodings
+    from charlm.generate.sampling import parse_decoding, parse_decodings
     from charlm.report.evaluate import DEFAULT_DECODINGS
 
     assert parse_decoding("top-k=5") == parse_decoding("top_k=5")
@@ -374,7 +374,7 @@ def test_best_is_claimed_only_when_the_seeds_support_it(tmp_path):
 
 def test_interactive_terminal_says_how_to_leave_repeats_and_quits(tiny_run, monkeypatch):
     run_dir, _ = tiny_run
-    monkeypatch.setattr(cli_module, "_is_terminal", lambda stream: True)
+    monkeypatch.setattr(generate_module, "_is_terminal", lambda stream: True)
     result = run("generate", "--checkpoint", run_dir, "--interactive", "--length", "3",
                  input="分开\n\nquit\n不分开\n")
     assert result.exit_code == 0, result.output
@@ -388,7 +388,8 @@ def test_interactive_terminal_says_how_to_leave_repeats_and_quits(tiny_run, monk
 
 def test_resume_says_where_in_the_epoch_it_continues(tmp_path, corpus_file):
     from charlm.data.corpus import load_corpus
-    from charlm.train.loop import TrainingInterrupted, train
+    from charlm.train.loop import train
+    from charlm.train.state import TrainingInterrupted
 
     config = Config(corpus=str(corpus_file), hidden=8, batch_size=4, num_steps=6, epochs=2, pred_every=0,
                     device="cpu", val_fraction=0.2, preset="none").validate()

@@ -176,7 +176,7 @@ def test_interrupted_compare_resumes_where_it_stopped(grid, monkeypatch):
     out = grid["root"] / "resume"
     args = [*grid["args"], "--models", "rnn", "--samplers", "consecutive", "--seeds", "1", "--out", out]
     calls = []
-    evaluate = trainer.evaluate
+    evaluate = trainer.perplexity
 
     def interrupt_in_epoch_2(*a, **k):
         calls.append(1)
@@ -184,12 +184,12 @@ def test_interrupted_compare_resumes_where_it_stopped(grid, monkeypatch):
             raise KeyboardInterrupt
         return evaluate(*a, **k)
 
-    monkeypatch.setattr(trainer, "evaluate", interrupt_in_epoch_2)
+    monkeypatch.setattr(trainer, "perplexity", interrupt_in_epoch_2)
     stopped = run(*args)
     assert stopped.exit_code == 130 and "run the same command again" in stopped.stderr.lower()
     (run_dir,) = run_dirs(out).values()
     assert len(read_metrics(run_dir / "metrics.jsonl")) == 1 and not (run_dir / "done.json").exists()
-    monkeypatch.setattr(trainer, "evaluate", evaluate)
+    monkeypatch.setattr(trainer, "perplexity", evaluate)
     resumed = run(*args)
     assert resumed.exit_code == 0, resumed.output
     assert "(resuming)" in resumed.stdout

@@ -14,7 +14,8 @@ from charlm.cli.app import cli
 from charlm.config import Config
 from charlm.generate.copyguard import FILE_NAME, CopyGuard, build_keys, load_guard, save_guard
 from charlm.data.corpus import load_corpus
-from charlm.generate.decode import Decoding, Sampler, apply_repetition_penalty, generate
+from charlm.generate.decode import generate
+from charlm.generate.sampling import Decoding, Sampler, apply_repetition_penalty
 from charlm.models import build_model
 from charlm.generate.verse import MIN_SONG_LINES, corpus_prefixes
 from charlm.data.vocab import Vocab

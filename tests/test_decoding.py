@@ -7,8 +7,9 @@ import torch
 from charlm.run.checkpoint import load_checkpoint, model_from_checkpoint
 from charlm.config import Config
 from charlm.data.corpus import load_corpus
-from charlm.generate.decode import (Decoding, Sampler, apply_repetition_penalty, beam_search, generate,
-                             parse_decoding, parse_decodings, predict, score, top_k_filter, top_p_filter)
+from charlm.generate.decode import beam_search, generate, predict, score
+from charlm.generate.sampling import (Decoding, Sampler, apply_repetition_penalty, parse_decoding, parse_decodings,
+                                      top_k_filter, top_p_filter)
 from charlm.errors import CharlmError
 from charlm.models import build_model
 from charlm.train.loop import train

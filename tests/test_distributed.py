@@ -257,26 +257,26 @@ def test_torchrun_variables_give_rank_and_world_size():
 
 def test_shards_are_disjoint_equal_and_cover_the_minibatch():
     X = torch.arange(8 * 5).view(8, 5)  # (batch, num_steps)
-    shards = [distributed.Group(r, 4, r, launched=True).shard(X, X + 1) for r in range(4)]
+    shards = [distributed.ProcessGroup(r, 4, r, launched=True).shard(X, X + 1) for r in range(4)]
     assert all(x.shape == (2, 5) for x, _ in shards)
     assert torch.equal(torch.cat([x for x, _ in shards]), X)
     assert torch.equal(torch.cat([y for _, y in shards]), X + 1)
 
 
 def test_batch_size_check():
-    distributed.Group(0, 4, 0, launched=True).check_batch_size(32)
+    distributed.ProcessGroup(0, 4, 0, launched=True).check_batch_size(32)
     with pytest.raises(CharlmError, match=r"--batch-size 30 or --batch-size 35"):
-        distributed.Group(0, 5, 0, launched=True).check_batch_size(32)
+        distributed.ProcessGroup(0, 5, 0, launched=True).check_batch_size(32)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without GPUs")
 def test_nccl_without_gpus_is_a_clear_error():
     with pytest.raises(CharlmError, match="nccl.*needs CUDA GPUs.*--device cpu"):
-        distributed.Group(0, 2, 0, launched=True).start(torch.device("cuda"))
+        distributed.ProcessGroup(0, 2, 0, launched=True).start(torch.device("cuda"))
 
 
 def test_lost_peer_errors_become_one_line(monkeypatch):
-    group = distributed.Group(1, 2, 1, launched=True)
+    group = distributed.ProcessGroup(1, 2, 1, launched=True)
     gloo = RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:1: "
                         "Connection reset by peer. This is typically caused by a remote worker hanging")
     err = distributed.explain(group, gloo)
@@ -285,7 +285,7 @@ def test_lost_peer_errors_become_one_line(monkeypatch):
     assert "pair.cc" not in str(err)
     ours = RuntimeError("mat1 and mat2 shapes cannot be multiplied")
     assert distributed.explain(group, ours) is ours  # a bug of ours stays a bug
-    assert distributed.explain(distributed.Group(), gloo) is gloo  # no torchrun, no translation
+    assert distributed.explain(distributed.ProcessGroup(), gloo) is gloo  # no torchrun, no translation
     monkeypatch.setenv("CHARLM_DIST_TIMEOUT", "0")
     with pytest.raises(CharlmError, match="CHARLM_DIST_TIMEOUT"):
         distributed.collective_timeout()

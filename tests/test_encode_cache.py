@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 
 from charlm.data import cache as encode_cache
+from charlm.data import encode
 from charlm.config import Config
-from charlm.data.corpus import fingerprint, load_corpus
-from charlm.data.cache import (Encoded, build_vocab, cache_dir, corpus_key, encode_indices, encode_to_file,
-                                 load_encoded, text_fingerprint)
+from charlm.data.corpus import load_corpus
+from charlm.data.cache import Encoded, cache_dir, corpus_key, encode_to_file, load_encoded
+from charlm.data.encode import encode_indices, fingerprint
+from charlm.data.encode import fingerprint as text_fingerprint
 from charlm.errors import CharlmError
 from charlm.data.vocab import Vocab
 
@@ -41,7 +43,7 @@ def _load(path, config=None):
 
 
 def test_mixed_scripts_and_emoji_round_trip_exactly():
-    vocab = build_vocab(MIXED)
+    vocab = Vocab.build(MIXED)
     assert vocab.idx_to_char == Vocab.build(MIXED).idx_to_char == sorted(set(MIXED))
     indices = encode_indices(MIXED, vocab)
     assert indices.dtype == np.int64
@@ -52,8 +54,8 @@ def test_mixed_scripts_and_emoji_round_trip_exactly():
 
 
 def test_chunked_encoding_matches_whole_text(monkeypatch, tmp_path):
-    monkeypatch.setattr(encode_cache, "CHUNK", 5)  # many chunks, with boundaries inside every script
-    vocab = build_vocab(MIXED)
+    monkeypatch.setattr(encode, "CHUNK", 5)  # many chunks, with boundaries inside every script
+    vocab = Vocab.build(MIXED)
     assert vocab.idx_to_char == sorted(set(MIXED))
     assert np.array_equal(encode_indices(MIXED, vocab, np.uint16), vocab.encode(MIXED))
     assert text_fingerprint(MIXED) == fingerprint(MIXED)
@@ -62,8 +64,17 @@ def test_chunked_encoding_matches_whole_text(monkeypatch, tmp_path):
     assert on_disk.dtype == np.uint8 and vocab.decode(on_disk) == MIXED  # < 256 characters: one byte each
 
 
+def test_fingerprint_hashes_exactly_the_utf8_text(monkeypatch):
+    """The fingerprint is stored in checkpoints and cache entries: chunking must not change a byte of it."""
+    import hashlib
+
+    monkeypatch.setattr(encode, "CHUNK", 5)
+    assert fingerprint(MIXED) == hashlib.sha256(MIXED.encode("utf-8")).hexdigest()[:16]
+    assert fingerprint("") == hashlib.sha256(b"").hexdigest()[:16]
+
+
 def test_unknown_characters_are_refused_in_words():
-    vocab = build_vocab("abc")
+    vocab = Vocab.build("abc")
     with pytest.raises(CharlmError, match="not in the vocabulary: 'xz'"):
         encode_indices("abxcz", vocab)
     with pytest.raises(CharlmError, match="not in the vocabulary"):
@@ -84,7 +95,7 @@ def test_cache_is_written_then_read_not_rebuilt(tmp_path, cache, monkeypatch):
 
     def no_rebuild(*args, **kwargs):
         raise AssertionError("the cache was rebuilt although the corpus is unchanged")
-    monkeypatch.setattr(encode_cache, "build_vocab", no_rebuild)
+    monkeypatch.setattr(Vocab, "build", no_rebuild)
     monkeypatch.setattr(encode_cache, "encode_to_file", no_rebuild)
     second = _load(path)
     assert second.reused and second.file == first.file

@@ -9,11 +9,12 @@ from click.testing import CliRunner
 from charlm.run.checkpoint import load_checkpoint, model_from_checkpoint
 from charlm.cli.app import cli
 from charlm.data.corpus import load_corpus
-from charlm.generate.decode import generate, parse_decodings
+from charlm.generate.decode import generate
+from charlm.generate.sampling import parse_decodings
 from charlm.errors import CharlmError
 from charlm.report.evaluate import (COLUMNS, DEFAULT_DECODINGS, decoding_rows, evaluate_model, markdown_table,
                              text_indices)
-from charlm.train.loop import evaluate as carried_perplexity
+from charlm.train.validate import perplexity as carried_perplexity
 
 from conftest import LYRICS as TEXT
 

@@ -337,7 +337,7 @@ def test_sigterm_while_counting_ngrams_is_acted_on(small_corpus, tmp_path):
     """The counting pass of --model kn asks should_stop() between orders (it used to run to its end)."""
     from charlm.config import Config
     from charlm.data.corpus import load_corpus
-    from charlm.models.kneser_ney import CountingInterrupted
+    from charlm.models.kn_counts import CountingInterrupted
     from charlm.train.loop import train
 
     config = Config(corpus=str(small_corpus), model="kn", order=3, val_fraction=0.2, pred_every=0, device="cpu",

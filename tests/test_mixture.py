@@ -17,7 +17,8 @@ from charlm.models.kn import KNModel
 from charlm.models.mixture import MixtureModel
 from charlm.models import RNNModel
 from charlm.models.kneser_ney import KneserNey
-from charlm.train.loop import evaluate, train
+from charlm.train.loop import train
+from charlm.train.validate import perplexity as evaluate
 
 TINY = dict(hidden=16, num_steps=8, batch_size=4, val_fraction=0.2, pred_every=0)
 

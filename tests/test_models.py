@@ -15,7 +15,8 @@ from charlm.data.corpus import load_corpus
 from charlm.errors import CharlmError
 from charlm.models import (MODELS, GRUModel, GRUScratch, LSTMModel, LSTMScratch, RNNModel, RNNScratch,
                            build_model, count_parameters, detach_state)
-from charlm.train.loop import evaluate, train
+from charlm.train.loop import train
+from charlm.train.validate import perplexity as evaluate
 
 RECURRENT = ("rnn-scratch", "gru-scratch", "lstm-scratch", "rnn", "gru", "lstm")
 V, H, B, T = 7, 5, 3, 4

@@ -8,7 +8,10 @@ import torch
 
 from charlm.errors import CharlmError
 from charlm.models.kn import KNModel
-from charlm.models.kneser_ney import MAX_ORDER, CountingInterrupted, KneserNey, choose_order, count_ngrams
+from charlm.models.kn_counts import CountingInterrupted, count_ngrams
+from charlm.models.kn_tuning import choose_order
+from charlm.models.kneser_ney import KneserNey
+from charlm.models.limits import MAX_ORDER
 from charlm.reference.ngram_dict import KneserNey as DictKneserNey
 
 TEXT = ("分开 不分开 我不能再想 我不 我不 我不能 爱情来的太快就像龙卷风 离不开暴风圈来不及逃\n"
@@ -109,6 +112,15 @@ def test_absurd_orders_refused_without_allocating():
         KNModel(V, 10 ** 9)
     with pytest.raises(CharlmError, match="longer than the training text"):
         KNModel(V, MAX_ORDER).fit_counts(SEQ[:5])
+
+
+def test_config_refuses_the_same_orders_as_the_models():
+    """config.py cannot import the models (it is the bottom room), so it repeats MAX_ORDER as a literal."""
+    from charlm.config import Config
+
+    Config(model="kn", order=MAX_ORDER).validate()
+    with pytest.raises(CharlmError, match=f"at most {MAX_ORDER}"):
+        Config(model="kn", order=MAX_ORDER + 1).validate()
 
 
 def test_choose_order_scores_every_order_and_fitted_discounts_never_hurt():

@@ -31,7 +31,8 @@ def test_pre_move_checkpoint_generates_the_same_sample(capsys):
 def test_pre_move_checkpoint_scores_the_same_perplexity(tmp_path, capsys):
     text = tmp_path / "tiny.txt"
     text.write_text(TEXT, encoding="utf-8")
-    status, out, err = cli(["evaluate", "--checkpoint", CHECKPOINT, "--text", text, "--decoding", "greedy",
+    # --corpus: the training text the checkpoint names (/tmp/oldck/tiny.txt) is gone; the copy measure needs one
+    status, out, err = cli(["evaluate", "--checkpoint", CHECKPOINT, "--text", text, "--corpus", text, "--decoding", "greedy",
                             "--num-samples", "1", "--length", "20", "--prefix", "分开"], capsys)
     assert status == 0, err
     assert "perplexity 40.448 on the text" in out

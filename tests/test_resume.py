@@ -14,7 +14,8 @@ from charlm.run.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoi
 from charlm.cli.app import main
 from charlm.config import Config
 from charlm.data.corpus import load_corpus
-from charlm.train.loop import TrainingInterrupted, rng_state, set_rng_state, train
+from charlm.train.loop import train
+from charlm.train.state import TrainingInterrupted, rng_state, set_rng_state
 
 TIMINGS = ("seconds", "val_seconds", "chars_per_sec", "elapsed")
 

@@ -26,7 +26,9 @@ with warnings.catch_warnings():  # starlette >= 1.x suggests httpx2 for its test
 
 from charlm.generate import decode as dec  # noqa: E402
 from charlm.cli.app import cli  # noqa: E402
-from charlm.web.app import Engine, Limits, bind, create_app  # noqa: E402
+from charlm.web.app import bind, create_app  # noqa: E402
+from charlm.web.engine import Engine  # noqa: E402
+from charlm.web.fields import RequestLimits  # noqa: E402
 from helpers import assert_one_line_error, default_sigint  # noqa: E402
 from serve_helpers import LiveServer  # noqa: E402
 
@@ -207,7 +209,7 @@ def test_bad_request_is_a_400_with_one_line(client, body, fragment):
 def test_malformed_body_and_wrong_routes(client):
     r = client.post("/api/generate", content=b"{prefix: ", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
-    r = client.post("/api/generate", content=b"x" * (Limits().body_bytes + 1))
+    r = client.post("/api/generate", content=b"x" * (RequestLimits().body_bytes + 1))
     assert r.status_code == 413 and "error" in r.json()
     assert client.get("/api/nowhere").json() == {"error": "Not Found"}
     assert client.get("/api/generate").status_code == 405
@@ -272,7 +274,7 @@ class _Gated(Engine):
 
 def test_16_concurrent_generations_all_succeed_and_run_at_once(tiny_run):
     engine = _Gated(tiny_run[0] / "best.pt", threading.Barrier(16, timeout=20))
-    with LiveServer(create_app(engine, Limits(workers=16))) as server:
+    with LiveServer(create_app(engine, RequestLimits(workers=16))) as server:
         def one(i):
             return httpx.post(server.url + "api/generate", json={"prefix": "分开", "length": 100,
                                                                  "strategy": "sample", "seed": i}, timeout=60)
@@ -323,7 +325,7 @@ def test_a_client_leaving_stops_its_generation(tiny_run):
 
 def test_a_bug_is_a_500_with_one_line_not_a_traceback(tiny_run):
     class Broken(Engine):
-        def describe(self, limits=Limits()):
+        def describe(self, limits=RequestLimits()):
             raise ValueError("boom")
 
     with TestClient(create_app(Broken(tiny_run[0] / "best.pt")), raise_server_exceptions=False) as c:

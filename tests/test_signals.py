@@ -114,7 +114,7 @@ def test_second_signal_handler_exits_immediately():
     """The handler itself, deterministically: the second signal ends the process with 128 + signum at once."""
     script = textwrap.dedent("""
         import os, signal, time
-        from charlm.cli.app import StopOnSignal
+        from charlm.cli.train import StopOnSignal
         with StopOnSignal() as stop:
             os.kill(os.getpid(), signal.SIGTERM)
             while not stop():

@@ -11,7 +11,8 @@ from charlm.config import Config, apply_preset
 from charlm.data.corpus import load_corpus
 from charlm.generate.decode import predict
 from charlm.run.metrics import read_metrics
-from charlm.train.loop import evaluate, grad_clipping, train
+from charlm.train.loop import grad_clipping, train
+from charlm.train.validate import perplexity as evaluate
 
 REPETITIVE = "分开 不分开 我爱你 " * 40
 
@@ -91,7 +92,7 @@ def test_textbook_preset_gives_each_model_its_optimizer():
 
 def test_progress_continuations_sample_outside_the_textbook_and_leave_training_rng_alone(small_corpus):
     from charlm.models import build_model
-    from charlm.train.loop import log_predictions
+    from charlm.train.progress import log_predictions
 
     corpus = load_corpus(tiny_config(small_corpus))
     torch.manual_seed(0)

@@ -1,10 +1,7 @@
-"""Encode a large corpus once, keep the index array on disk, and reuse it while the corpus is unchanged.
+"""Keep a large corpus's encoded index array on disk, and reuse it while the corpus is unchanged.
 
-Encoding is vectorised: the text is cut into chunks of `CHUNK` characters,
-each chunk becomes a fixed-width array of UTF-32 code points, and a lookup
-table indexed by code point turns it into vocabulary indices in one numpy
-`take`. Only one chunk's temporaries exist at a time, so encoding a 100 MB
-text needs a few tens of MB beyond the result.
+The encoding itself is `data/encode.py`'s; this module only decides where an entry lives,
+whether it is still valid, and writes it so that no reader sees half of one.
 
 The cache (for texts of at least `MIN_CACHED_CHARS` characters; smaller ones
 encode in milliseconds and are never written anywhere):
@@ -42,94 +39,14 @@ from pathlib import Path
 
 import numpy as np
 
-from charlm.errors import CharlmError
+from charlm.data.encode import encode_indices, encode_into, fingerprint, index_dtype
 from charlm.data.vocab import Vocab
+from charlm.errors import CharlmError
 
 CACHE_ENV = "CHARLM_CACHE"
 FORMAT = 1  # bump when the entry layout changes: old entries are then rebuilt
-CHUNK = 1 << 20  # characters per chunk: about 12 MB of temporaries at most
 MIN_CACHED_CHARS = 1 << 20  # below this the cache costs more than encoding
 _OFF = ("off", "0", "no", "none", "false")
-
-
-# --- encoding ------------------------------------------------------------------
-
-def _chunks(text: str):
-    """UTF-32 code points of `text`, CHUNK characters at a time: (start, uint32 array)."""
-    for start in range(0, len(text), CHUNK):
-        yield start, np.frombuffer(text[start:start + CHUNK].encode("utf-32-le"), dtype="<u4")
-
-
-def vocab_codes(text: str) -> np.ndarray:
-    """The sorted distinct code points of `text` (a presence table, one pass, no sort of the text)."""
-    seen = np.zeros(0x110000, dtype=bool)  # one flag per possible code point: 1.1 MB
-    for _, codes in _chunks(text):
-        seen[codes] = True
-    return np.flatnonzero(seen).astype(np.uint32)
-
-
-def build_vocab(text: str) -> Vocab:
-    """The same vocabulary as `Vocab.build(text)` (the sorted set of characters), built faster."""
-    return Vocab(chr(c) for c in vocab_codes(text))
-
-
-def index_dtype(vocab_size: int) -> np.dtype:
-    """The smallest integer type that holds every index of a vocabulary of this size."""
-    if vocab_size < (1 << 8) - 1:  # one value stays free as the encoder's "not in the vocabulary" marker
-        return np.dtype(np.uint8)
-    if vocab_size < (1 << 16) - 1:
-        return np.dtype(np.uint16)
-    return np.dtype(np.int32)
-
-
-def _lookup_table(vocab: Vocab, dtype) -> np.ndarray | None:
-    """code point -> index, with len(vocab) marking characters not in it; None if the vocab is not sorted."""
-    codes = np.array([ord(c) for c in vocab.idx_to_char], dtype=np.int64)
-    if len(codes) == 0 or np.any(codes[1:] <= codes[:-1]):
-        return None
-    table = np.full(int(codes[-1]) + 1, len(codes), dtype=dtype)  # len(codes) is never a valid index
-    table[codes] = np.arange(len(codes))
-    return table
-
-
-def _unknown_error(vocab: Vocab, text: str) -> CharlmError:
-    return CharlmError(f"characters not in the vocabulary: {''.join(vocab.unknown(text))!r}")
-
-
-def _encode_into(text: str, vocab: Vocab, dtype, sink=None, out=None) -> None:
-    """Write the indices of `text` into `out`, or hand them chunk by chunk to sink(start, indices).
-
-    Raises CharlmError on characters not in the vocabulary.
-    """
-    dtype = np.dtype(dtype)
-    if dtype.kind not in "iu" or len(vocab) >= np.iinfo(dtype).max:
-        raise ValueError(f"{dtype} cannot hold the indices of {len(vocab)} characters and a marker")
-    table = _lookup_table(vocab, dtype)
-    if table is None:  # a hand-made vocabulary not in code-point order: let Vocab decide
-        idx = vocab.encode(text).astype(dtype, copy=False)
-        if out is not None:
-            out[:] = idx
-        else:
-            sink(0, idx)
-        return
-    buf = np.empty(min(len(text), CHUNK), dtype=dtype) if out is None else None
-    for start, codes in _chunks(text):
-        idx = buf[:len(codes)] if out is None else out[start:start + len(codes)]
-        try:
-            np.take(table, codes, out=idx)  # (chunk,): the whole encoding, one gather
-        except IndexError:  # a code point beyond the largest in the vocabulary
-            raise _unknown_error(vocab, text) from None
-        if idx.max() >= len(vocab):
-            raise _unknown_error(vocab, text)
-        if out is None:
-            sink(start, idx)
-
-
-def encode_indices(text: str, vocab: Vocab, dtype=np.int64) -> np.ndarray:
-    """The indices of `text` as a (len(text),) array of `dtype`; equal to `vocab.encode(text)`."""
-    out = np.empty(len(text), dtype=dtype)
-    _encode_into(text, vocab, dtype, out=out)
-    return out
 
 
 def encode_to_file(text: str, vocab: Vocab, path: str | Path, dtype=None) -> Path:
@@ -138,16 +55,8 @@ def encode_to_file(text: str, vocab: Vocab, path: str | Path, dtype=None) -> Pat
     path = Path(path)
     with open(path, "wb") as f:
         np.lib.format.write_array_header_1_0(f, {"descr": dtype.str, "fortran_order": False, "shape": (len(text),)})
-        _encode_into(text, vocab, dtype, lambda start, idx: f.write(idx.data))
+        encode_into(text, vocab, dtype, lambda start, idx: f.write(idx.data))
     return path
-
-
-def text_fingerprint(text: str) -> str:
-    """Same value as `charlm.data.corpus.fingerprint(text)`, hashed chunk by chunk without a full UTF-8 copy."""
-    digest = hashlib.sha256()
-    for start in range(0, len(text), CHUNK):
-        digest.update(text[start:start + CHUNK].encode("utf-8"))
-    return digest.hexdigest()[:16]
 
 
 # --- the cache -----------------------------------------------------------------
@@ -287,12 +196,12 @@ def load_encoded(key: CacheKey | None, text: str, min_chars: int | None = None) 
         found = _read_entry(folder, key, len(text))
         if found is not None:
             return found
-    vocab = build_vocab(text)
-    fingerprint = text_fingerprint(text)
+    vocab = Vocab.build(text)
+    hashed = fingerprint(text)
     if folder is not None:
         try:
-            file = _write_entry(folder, key, text, vocab, fingerprint)
-            return Encoded(vocab, np.load(file, mmap_mode="r"), fingerprint, file)
+            file = _write_entry(folder, key, text, vocab, hashed)
+            return Encoded(vocab, np.load(file, mmap_mode="r"), hashed, file)
         except OSError:
             pass  # a full or read-only disk must not stop training: encode in memory instead
-    return Encoded(vocab, encode_indices(text, vocab), fingerprint)
+    return Encoded(vocab, encode_indices(text, vocab), hashed)

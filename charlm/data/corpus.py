@@ -7,9 +7,9 @@ reported as a CharlmError that says what to do.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import shutil
+import stat
 import urllib.request
 import zipfile
 import zlib
@@ -155,8 +155,6 @@ def read_text(path: str | Path, member: str | None = None, encoding: str = "utf-
     `what` and `flag` name the file in messages (e.g. "text", "--text" for `evaluate --text`).
     At most MAX_BYTES are read; devices (/dev/zero) are refused, pipes read up to that bound.
     """
-    import stat
-
     path = Path(path)
     if not path.exists():
         raise CharlmError(f"{what} {path} does not exist; pass {flag} with a text file")
@@ -197,11 +195,6 @@ def prepare_text(text: str, newlines: str = "keep", max_chars: int = 0) -> str:
     if newlines == "space":
         text = text.replace("\n", " ")
     return text[:max_chars] if max_chars else text
-
-
-def fingerprint(text: str) -> str:
-    """A short hash that identifies the exact text a model was trained on."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass
@@ -250,7 +243,7 @@ def split(indices: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndar
 def load_corpus(config, log=None) -> Corpus:
     """Resolve, read, prepare, encode and split the corpus named by a Config (`log` gets warnings)."""
     path = resolve_corpus(config.corpus, log)
-    key = corpus_key(path, config)  # stat and hash before reading: see charlm/encode_cache.py
+    key = corpus_key(path, config)  # stat and hash before reading: see data/cache.py
     text = prepare_text(read_text(path, config.member, config.encoding), config.newlines, config.max_chars)
     encoded = load_encoded(key, text)  # reused from the cache when the file and options are unchanged
     train, val = split(np.asarray(encoded.indices, dtype=np.int64), config.val_fraction)

@@ -3,8 +3,8 @@
 The vocabulary is the sorted set of characters, so the same text gives the same
 indices in every process (the textbook's `list(set(text))` depends on
 PYTHONHASHSEED). Encoding is vectorised with numpy on UTF-32 code points, in
-chunks (charlm/encode_cache.py), so a 100 MB corpus encodes in well under a
-second without a Python loop.
+chunks (data/encode.py), so a 100 MB corpus encodes in well under a second
+without a Python loop.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from charlm.data.encode import encode_indices, unknown_error, vocab_codes
 from charlm.errors import CharlmError
 
 
@@ -29,8 +30,6 @@ class Vocab:
     @classmethod
     def build(cls, text: str) -> "Vocab":
         """The sorted set of characters of `text` (same result as `sorted(set(text))`, but vectorised)."""
-        from charlm.data.cache import vocab_codes  # the vectorised encoder lives beside the cache that stores its output
-
         return cls(chr(c) for c in vocab_codes(text))
 
     def __len__(self) -> int:
@@ -46,14 +45,12 @@ class Vocab:
     def encode(self, text: str) -> np.ndarray:
         """Indices of the characters of `text` as an int64 array; raises CharlmError on unknown characters."""
         if self._sorted:
-            from charlm.data.cache import encode_indices  # one gather through a code-point table, chunk by chunk
-
-            return encode_indices(text, self)
+            return encode_indices(text, self)  # one gather through a code-point table, chunk by chunk
         # a vocabulary not in code-point order (e.g. hand-made): the dictionary
         try:
             return np.fromiter((self.char_to_idx[c] for c in text), dtype=np.int64, count=len(text))
         except KeyError:
-            raise CharlmError(f"characters not in the vocabulary: {''.join(self.unknown(text))!r}") from None
+            raise unknown_error(self, text) from None
 
     def decode(self, indices) -> str:
         """The text spelled by a sequence of indices."""

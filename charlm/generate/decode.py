@@ -1,9 +1,8 @@
-"""Turn a model and a prefix into text: the textbook's `predict`, and batched `generate` with decoding strategies.
+"""Turn a model and a prefix into text: the textbook's `predict`, batched `generate`, `beam_search` and `score`.
 
-A strategy turns the last logits of every stream, (batch, vocab), into the next
-indices, (batch,): `greedy` (arg-max, the textbook's rule) or `Sampler`
-(temperature, then top-k, then top-p, then a draw). `generate` runs many
-streams at once, one model call per step for all of them:
+Each step asks a strategy from `sampling` (`greedy` or a `Sampler`) for the next index of every
+stream, after the copy guard and the verse shape (`Rules`) have banned what they forbid.
+`generate` runs many streams at once, one model call per step for all of them:
 
     prefixes        prime (one call per prefix)      step t (one call for every stream)
     分开   x N  ->  state copied to N streams  ->  [B streams] --choose--> (B,) --model--> (B, vocab)
@@ -16,38 +15,16 @@ The log-probabilities reported with every sample are the model's own
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from charlm import defaults
 from charlm.errors import CharlmError
-from charlm.models import eval_mode
+from charlm.generate.prefix import encode_prefix
+from charlm.generate.sampling import Decoding, apply_repetition_penalty, greedy
 from charlm.generate.verse import Shape, ShapeState
-
-
-def greedy(logits: torch.Tensor, generator=None) -> torch.Tensor:
-    """Arg-max over the vocabulary: (batch, vocab) -> (batch,)."""
-    return logits.argmax(dim=-1)
-
-
-def encode_prefix(prefix: str, vocab) -> list[int]:
-    """Indices of a prefix, or a CharlmError listing the characters the model has never seen."""
-    if not prefix:
-        raise CharlmError("the prefix is empty; give at least one character, e.g. --prefix 分开")
-    unknown = vocab.unknown(prefix)
-    if unknown:
-        raise CharlmError(f"prefix {prefix!r} has characters not in the model's vocabulary: {' '.join(map(repr, unknown))} "
-                          "(drop them with --unknown skip)")
-    return [vocab.char_to_idx[c] for c in prefix]
-
-
-def drop_unknown(prefix: str, vocab) -> tuple[str, list[str]]:
-    """The prefix without the characters the model has never seen, and those characters (first appearance order)."""
-    unknown = vocab.unknown(prefix)
-    return "".join(c for c in prefix if c in vocab.char_to_idx), unknown
+from charlm.models import eval_mode
 
 
 @torch.no_grad()
@@ -64,185 +41,6 @@ def predict(prefix: str, num_chars: int, model, vocab, device=None, choose=greed
             out.append(int(nxt))
             logits, state = model(nxt.view(1, 1), state)
         return prefix + vocab.decode(out)
-
-
-# --- logits processors: (batch, vocab) -> (batch, vocab) ------------------------------------
-
-def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """Make characters already in the stream less likely (CTRL's rule): divide positive logits, multiply negative ones.
-
-    `seen` is a (batch, vocab) boolean mask of the characters in each stream so far, prefix included.
-    """
-    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
-    big = torch.finfo(penalised.dtype).max  # an extreme penalty must not overflow into +-inf
-    penalised = torch.where(torch.isfinite(logits), penalised.clamp(-big, big), logits)
-    return torch.where(seen, penalised, logits)  # (batch, vocab)
-
-
-def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the `k` largest logits of each row and set the rest to -inf; k 0 (or >= vocab) keeps all."""
-    if k <= 0 or k >= logits.shape[-1]:
-        return logits
-    kth = logits.topk(k, dim=-1).values[:, -1:]  # (batch, 1): the k-th largest
-    return logits.masked_fill(logits < kth, float("-inf"))
-
-
-def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Nucleus filter: keep the smallest set of most probable characters whose probability reaches `p`.
-
-    A character is kept when the probability of the characters ranked above it is
-    still below p, so the most probable one is always kept; p 1.0 keeps all.
-    """
-    if p >= 1.0:
-        return logits
-    probs = logits.softmax(dim=-1)  # (batch, vocab)
-    V = probs.shape[-1]
-    k = min(V, 64)
-    while True:  # rank only the top k (much cheaper than a full sort) unless the nucleus may be wider
-        top, order = probs.topk(k, dim=-1)  # (batch, k), most probable first
-        total = top.cumsum(dim=-1)
-        if k == V or bool((total[:, -1] >= p).all()):
-            break
-        k = min(V, 4 * k)
-    keep_sorted = total - top < p  # probability ranked strictly above each character is below p
-    keep = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, order, keep_sorted)
-    return logits.masked_fill(~keep, float("-inf"))
-
-
-def sample_from_logits(logits: torch.Tensor, generator=None) -> torch.Tensor:
-    """Draw one index per row from softmax(logits): (batch, vocab) -> (batch,).
-
-    Inverse-CDF sampling: one uniform number per row, located in the running sum of the
-    probabilities (several times faster than torch.multinomial on CPU). Characters of
-    probability 0 are never drawn: the search finds the first running sum above u.
-    """
-    cdf = logits.float().softmax(dim=-1).cumsum(dim=-1)  # (batch, vocab)
-    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf[:, -1:]  # (batch, 1)
-    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=cdf.shape[-1] - 1)
-
-
-@dataclass(frozen=True)
-class Sampler:
-    """Ancestral sampling: divide the logits by the temperature, filter by top-k then top-p, and draw.
-
-    The row's largest logit is subtracted before dividing, so no temperature, however small,
-    overflows: a tiny one leaves only the arg-max (ties drawn evenly), as the limit should.
-    """
-
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-
-    def __call__(self, logits: torch.Tensor, generator=None) -> torch.Tensor:
-        shifted = logits - logits.amax(dim=-1, keepdim=True)  # all <= 0: dividing never gives +inf
-        if self.temperature < 1e-20:  # would round to 0 in float32 (0/0): the limit keeps only the maxima
-            logits = shifted.masked_fill(shifted < 0, float("-inf"))
-        else:
-            logits = shifted / self.temperature
-        logits = top_p_filter(top_k_filter(logits, self.top_k), self.top_p)
-        return sample_from_logits(logits, generator)
-
-
-# --- one decoding setting, from flags or from a "top-k=5" spec -----------------------------
-
-_SPEC_KEYS = {"temperature": float, "top_k": int, "top_p": float, "num_beams": int, "repetition_penalty": float}
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """How to choose each next character: arg-max (the default), sampling, or beam search."""
-
-    sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    num_beams: int = 1
-    repetition_penalty: float = 1.0
-
-    def validate(self) -> "Decoding":
-        """Refuse settings that cannot decode, saying what to use instead."""
-        if not (self.temperature > 0 and math.isfinite(self.temperature)):
-            raise CharlmError(f"--temperature must be a positive number, got {self.temperature}; for arg-max use --greedy")
-        if self.top_k < 0:
-            raise CharlmError(f"--top-k must be 0 (off) or more, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise CharlmError(f"--top-p must lie in (0, 1] (1 is off), got {self.top_p}")
-        if self.num_beams < 1:
-            raise CharlmError(f"--num-beams must be 1 (off) or more, got {self.num_beams}")
-        if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
-            raise CharlmError(f"--repetition-penalty must be a positive number (1.0 is off), got {self.repetition_penalty}")
-        if self.sample and self.num_beams > 1:
-            raise CharlmError("beam search does not sample: drop --num-beams, or drop --temperature/--top-k/--top-p")
-        return self
-
-    @property
-    def deterministic(self) -> bool:
-        """True when every run gives the same text (arg-max and beam search)."""
-        return not self.sample
-
-    def chooser(self):
-        """The (batch, vocab) -> (batch,) rule for one step (beam search has its own loop)."""
-        return Sampler(self.temperature, self.top_k, self.top_p) if self.sample else greedy
-
-    def label(self) -> str:
-        """A short name that `parse_decoding` reads back, spelled as the flags are: 'greedy', 'top-k=5', 'num-beams=4'."""
-        parts = []
-        if self.num_beams > 1:
-            parts.append(f"num-beams={self.num_beams}")
-        elif self.sample:
-            if self.temperature != 1.0 or (self.top_k == 0 and self.top_p == 1.0):
-                parts.append(f"temperature={self.temperature:g}")
-            if self.top_k:
-                parts.append(f"top-k={self.top_k}")
-            if self.top_p < 1.0:
-                parts.append(f"top-p={self.top_p:g}")
-        else:
-            parts.append("greedy")
-        if self.repetition_penalty != 1.0:
-            parts.append(f"repetition-penalty={self.repetition_penalty:g}")
-        return "+".join(parts)
-
-
-# What `charlm generate` does when no strategy is named: chosen by an `evaluate` grid on a lyrics and a
-# Song ci model (docs/decoding.md), together with the copy guard (copyguard.DEFAULT_MAX_COPY).
-DEFAULT_DECODING = Decoding(sample=True, temperature=defaults.TEMPERATURE, top_p=defaults.TOP_P)
-
-
-def parse_decoding(spec: str) -> Decoding:
-    """One setting from text: 'greedy', 'temperature=0.8', 'top-k=5', 'top-p=0.9', 'num-beams=4',
-    'repetition-penalty=1.2', or several joined by '+' (e.g. 'top-k=40+temperature=0.7').
-
-    The keys are spelled as generate's flags; the older 'top_k' spelling is read too."""
-    values: dict = {}
-    sample = False
-    for part in spec.strip().split("+"):
-        part = part.strip()
-        key, _, raw = part.partition("=")
-        key = key.strip().replace("-", "_")
-        if key == "greedy" and not raw:
-            continue
-        if key == "sample" and not raw:
-            sample = True
-            continue
-        if key not in _SPEC_KEYS or not raw:
-            raise CharlmError(f"cannot read decoding setting {part!r} in {spec!r}; use greedy, sample, "
-                              + ", ".join(f"{k.replace('_', '-')}=N" for k in _SPEC_KEYS) + " (join several with '+')")
-        try:
-            values[key] = _SPEC_KEYS[key](raw.strip())
-        except ValueError:
-            raise CharlmError(f"{key.replace('_', '-')} needs a {_SPEC_KEYS[key].__name__} value, got {raw!r} in {spec!r}") from None
-        sample = sample or key in ("temperature", "top_k", "top_p")
-    if "greedy" in [p.strip() for p in spec.split("+")] and sample:
-        raise CharlmError(f"{spec!r} asks for greedy and for sampling; choose one")
-    return Decoding(sample=sample, **values).validate()
-
-
-def parse_decodings(specs: str) -> list[Decoding]:
-    """A comma-separated list of settings, e.g. 'greedy,temperature=0.8,top-k=5,top-p=0.9,num-beams=4'."""
-    parts = [s for s in specs.split(",") if s.strip()]
-    if not parts:
-        raise CharlmError("--decoding is empty; give e.g. greedy,temperature=0.8")
-    return [parse_decoding(s) for s in parts]
 
 
 # --- hidden states of any model, batched ---------------------------------------------------
@@ -428,6 +226,45 @@ def _to_samples(prefixes, rows, tokens, logprobs, vocab, rules: Rules | None = N
     return out
 
 
+def _group_rules(guard, shape: Shape, prefixes, encoded, rows: list[int], vocab, length: int) -> Rules | None:
+    """The copy guard's and verse shape's rules for the streams `rows` of one group, or None when neither is on."""
+    rules = Rules(guard, shape, [prefixes[p] for p in rows], [encoded[p] for p in rows], vocab, length)
+    return rules if rules.active else None
+
+
+def _run_beams(model, group: _Group, K: int, V: int, length: int, penalty: float, seen, rules, dims):
+    """Search `length` steps for the P prefixes x K beams of `group`; returns (tokens, logprobs), both
+    (P*K, steps), the K beams of each prefix best first."""
+    P, device = len(group.rows) // K, group.logits.device
+    logits, state = group.logits, group.state  # (P*K, V)
+    scores = torch.zeros(P, K, device=device)
+    scores[:, 1:] = float("-inf")  # all K copies start equal: expand only the first at step 1
+    tokens = torch.empty(P * K, 0, dtype=torch.long, device=device)
+    logprobs = torch.empty(P * K, 0, dtype=torch.float32, device=device)
+    base = (torch.arange(P, device=device) * K)[:, None]  # (P, 1): first row of each prefix
+    for t in range(length):
+        model_lp = logits.float().log_softmax(-1)  # (P*K, V)
+        search_lp = (apply_repetition_penalty(logits, seen, penalty).float().log_softmax(-1)
+                     if seen is not None else model_lp)
+        if rules is not None:
+            search_lp = rules.ban(search_lp)
+        cand = (scores.view(-1, 1) + search_lp).view(P, K * V)  # (P, K*V)
+        scores, best = cand.topk(K, dim=1)  # (P, K), best first
+        rows = (base + best // V).view(-1)  # (P*K,): the parent of each new beam
+        chars = (best % V).view(-1)  # (P*K,)
+        tokens = torch.cat([tokens[rows], chars[:, None]], 1)  # (P*K, t+1)
+        logprobs = torch.cat([logprobs[rows], model_lp[rows, chars][:, None]], 1)
+        if seen is not None:
+            seen = seen[rows].scatter_(1, chars[:, None], True)
+        if rules is not None:
+            rules.reorder(rows.cpu().numpy())
+            rules.step(chars)
+        if t + 1 < length:
+            logits, state = model(chars[:, None], _select(state, dims, rows))  # (P*K, 1, V)
+            logits = logits[:, -1]
+    return tokens, logprobs
+
+
 def _run_streams(model, group: _Group, length: int, choose, penalty: float, seen, generator, on_step, rules):
     """Step every stream of `group` at most `length` times; returns (tokens, logprobs), both (streams, steps)."""
     logits, state = group.logits, group.state
@@ -492,9 +329,7 @@ def generate(model, vocab, prefixes, length: int, decoding: Decoding = Decoding(
             samples: dict[int, list[Sample]] = {}
             for group in _prime(model, encoded, num_samples, dims, device):
                 seen = _seen_mask(encoded, group.rows, len(vocab), device) if penalty != 1.0 else None
-                rules = Rules(guard, shape, [prefixes[p] for p in group.rows], [encoded[p] for p in group.rows],
-                              vocab, length)
-                rules = rules if rules.active else None
+                rules = _group_rules(guard, shape, prefixes, encoded, group.rows, vocab, length)
                 tokens, logprobs = _run_streams(model, group, length, choose, penalty, seen, generator, on_step, rules)
                 for row, s in zip(group.rows, _to_samples(prefixes, group.rows, tokens, logprobs, vocab, rules)):
                     samples.setdefault(row, []).append(s)
@@ -529,37 +364,10 @@ def beam_search(model, vocab, prefixes, length: int, num_beams: int, num_return:
             dims = _batch_dims(model, device)
             samples: dict[int, list[Sample]] = {}
             for group in _prime(model, encoded, K, dims, device):
-                P, V = len(group.rows) // K, len(vocab)
-                logits, state = group.logits, group.state  # (P*K, V)
-                seen = _seen_mask(encoded, group.rows, V, device) if repetition_penalty != 1.0 else None
-                rules = Rules(guard, shape, [prefixes[p] for p in group.rows], [encoded[p] for p in group.rows],
-                              vocab, length)
-                rules = rules if rules.active else None
-                scores = torch.zeros(P, K, device=device)
-                scores[:, 1:] = float("-inf")  # all K copies start equal: expand only the first at step 1
-                tokens = torch.empty(P * K, 0, dtype=torch.long, device=device)
-                logprobs = torch.empty(P * K, 0, dtype=torch.float32, device=device)
-                base = (torch.arange(P, device=device) * K)[:, None]  # (P, 1): first row of each prefix
-                for t in range(length):
-                    model_lp = logits.float().log_softmax(-1)  # (P*K, V)
-                    search_lp = (apply_repetition_penalty(logits, seen, repetition_penalty).float().log_softmax(-1)
-                                 if seen is not None else model_lp)
-                    if rules is not None:
-                        search_lp = rules.ban(search_lp)
-                    cand = (scores.view(-1, 1) + search_lp).view(P, K * V)  # (P, K*V)
-                    scores, best = cand.topk(K, dim=1)  # (P, K), best first
-                    rows = (base + best // V).view(-1)  # (P*K,): the parent of each new beam
-                    chars = (best % V).view(-1)  # (P*K,)
-                    tokens = torch.cat([tokens[rows], chars[:, None]], 1)  # (P*K, t+1)
-                    logprobs = torch.cat([logprobs[rows], model_lp[rows, chars][:, None]], 1)
-                    if seen is not None:
-                        seen = seen[rows].scatter_(1, chars[:, None], True)
-                    if rules is not None:
-                        rules.reorder(rows.cpu().numpy())
-                        rules.step(chars)
-                    if t + 1 < length:
-                        logits, state = model(chars[:, None], _select(state, dims, rows))  # (P*K, 1, V)
-                        logits = logits[:, -1]
+                seen = _seen_mask(encoded, group.rows, len(vocab), device) if repetition_penalty != 1.0 else None
+                rules = _group_rules(guard, shape, prefixes, encoded, group.rows, vocab, length)
+                tokens, logprobs = _run_beams(model, group, K, len(vocab), length, repetition_penalty, seen, rules, dims)
+                base = torch.arange(0, len(group.rows), K, device=device)[:, None]  # (P, 1): first row of each prefix
                 keep = (base + torch.arange(num_return, device=device)).view(-1)  # beams are sorted best first
                 if rules is not None:
                     rules.reorder(keep.cpu().numpy())

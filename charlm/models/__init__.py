@@ -1,8 +1,11 @@
 """Model families behind one interface: `forward(X, state) -> (logits, state)` and `begin_state(batch_size)`.
 
 X is a LongTensor of character indices, (batch, num_steps); logits are
-(batch, num_steps, vocab). The trainer, the decoder and compare only use this
-interface, so a new model is one new file added to MODELS below.
+(batch, num_steps, vocab). Every family derives from charlm.models.base.CharModel,
+whose capability hooks (`fit_counts`, `tune`, `target_log_probs`, `counts_ngrams`)
+the trainer, the decoder and compare ask instead of the model's name. A new network
+is one new file added to NETWORKS (charlm/models/registry.py); a new counting
+family one added to MODELS below.
 """
 
 from __future__ import annotations
@@ -13,22 +16,14 @@ import torch
 
 from charlm.errors import CharlmError
 from charlm.models.gru_scratch import GRUScratch
-from charlm.models.lstm_scratch import LSTMScratch
-from charlm.models.recurrent_nn import GRUModel, LSTMModel, RNNModel, upgrade_state_dict
-from charlm.models.rnn_scratch import RNNScratch
 from charlm.models.kn import KNModel
+from charlm.models.lstm_scratch import LSTMScratch
 from charlm.models.mixture import MixtureModel
+from charlm.models.recurrent_nn import GRUModel, LSTMModel, RNNModel, upgrade_state_dict
+from charlm.models.registry import NETWORKS
+from charlm.models.rnn_scratch import RNNScratch
 
-MODELS = {
-    "rnn-scratch": RNNScratch,
-    "gru-scratch": GRUScratch,
-    "lstm-scratch": LSTMScratch,
-    "rnn": RNNModel,
-    "gru": GRUModel,
-    "lstm": LSTMModel,
-    "kn": KNModel,
-    "mix": MixtureModel,
-}
+MODELS = {**NETWORKS, "kn": KNModel, "mix": MixtureModel}  # the order of --model's choices
 
 
 def build_model(config, vocab_size: int) -> torch.nn.Module:
@@ -57,4 +52,5 @@ def detach_state(state):
 
 
 def count_parameters(model: torch.nn.Module) -> int:
+    """Number of weights (a counting model has none: its counts are buffers)."""
     return sum(p.numel() for p in model.parameters())

@@ -21,11 +21,16 @@ import torch
 from torch import nn
 
 from charlm.errors import CharlmError
-from charlm.models.kneser_ney import MAX_ORDER, KneserNey
+from charlm.models.base import CharModel
+from charlm.models.kneser_ney import KneserNey
+from charlm.models.limits import MAX_ORDER
 
 
-class KNModel(nn.Module):
+class KNModel(CharModel):
     """Interpolated Kneser-Ney character model of a given order, fitted by `fit_counts`, not by gradients."""
+
+    counts_ngrams = True
+    fast_targets = True
 
     def __init__(self, vocab_size: int, order: int = 5):
         super().__init__()
@@ -44,20 +49,32 @@ class KNModel(nn.Module):
     def from_config(cls, config, vocab_size: int) -> "KNModel":
         return cls(vocab_size, getattr(config, "order", 5))
 
-    def fit_counts(self, train_indices, should_stop=None) -> None:
-        """Count the n-grams of the training text (replaces earlier counts).
+    @classmethod
+    def recipe_words(cls, config, order_note: str = "") -> str:
+        return f"KN-{config.order}{order_note}"
 
-        `should_stop()` is asked between orders; when it turns true, counting stops with
-        charlm.models.kneser_ney.CountingInterrupted (a CharlmError) and the earlier counts stay.
+    def describe(self) -> str:
+        return f"order {self.order}, fitted by counting"
+
+    def fit_counts(self, train_indices, discounts=None, should_stop=None) -> bool:
+        """Count the n-grams of the training text (replaces earlier counts), then use `discounts` if given.
+
+        `discounts` are the ones fitted on the tuning slice (--kn-discount); empty or None
+        keeps the closed-form estimate. `should_stop()` is asked between orders; when it
+        turns true, counting stops with charlm.models.kn_counts.CountingInterrupted (a
+        CharlmError) and the earlier counts stay.
         """
         train = np.asarray(train_indices, dtype=np.int64)
         if train.size < self.order:
             raise CharlmError(f"--order {self.order} is longer than the training text ({train.size} characters); "
                               "use a lower --order or a longer text")
         self.kn.fit(train, should_stop=should_stop)
+        if discounts:
+            self.set_discounts([float(d) for d in discounts])
+        return True
 
     def set_discounts(self, discounts) -> None:
-        """Use these discounts (one per order, e.g. `choose_order(...).discounts`), also after a refit."""
+        """Use these discounts (one per order, e.g. `kn_tuning.choose_order(...).discounts`), also after a refit."""
         try:
             self.kn.set_discounts(discounts)
         except ValueError as e:

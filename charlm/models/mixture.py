@@ -32,7 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from charlm.errors import CharlmError
+from charlm.models.base import CharModel
 from charlm.models.kn import KNModel
+from charlm.models.registry import NETWORKS
 
 # How `mix_weights` is indexed; the code is stored in the `mix_scheme` buffer.
 SCHEMES = {"global": 0, "level": 1, "count": 2}
@@ -51,8 +53,11 @@ def mixture_buckets(scheme: int, level: torch.Tensor, total: torch.Tensor, n_buc
     return torch.zeros_like(level, dtype=torch.long)
 
 
-class MixtureModel(nn.Module):
+class MixtureModel(CharModel):
     """Linear interpolation of a registered neural model (`--mix-neural`) and a KN n-gram (`--order`)."""
+
+    counts_ngrams = True
+    fast_targets = True
 
     def __init__(self, neural: nn.Module, kn: KNModel, weight: float):
         super().__init__()
@@ -64,14 +69,21 @@ class MixtureModel(nn.Module):
 
     @classmethod
     def from_config(cls, config, vocab_size: int) -> "MixtureModel":
-        from charlm.models import MODELS  # here, not at the top: the registry imports this module
-
         name = getattr(config, "mix_neural", "rnn")
-        if name not in MODELS or hasattr(MODELS[name], "fit_counts"):
-            usable = [n for n, m in MODELS.items() if not hasattr(m, "fit_counts")]
-            raise CharlmError(f"--mix-neural must name a neural model ({', '.join(usable)}), got {name!r}")
-        neural = MODELS[name].from_config(config, vocab_size)
+        if name not in NETWORKS:
+            raise CharlmError(f"--mix-neural must name a neural model ({', '.join(NETWORKS)}), got {name!r}")
+        neural = NETWORKS[name].from_config(config, vocab_size)
         return cls(neural, KNModel.from_config(config, vocab_size), getattr(config, "mix_weight", 0.5))
+
+    @classmethod
+    def recipe_words(cls, config, order_note: str = "") -> str:
+        mixing = ("mixed by weights fitted per context count" if getattr(config, "mix_fit", None) == "count"
+                  else f"mixed at λ {config.mix_weight:g}")
+        return (f"{config.mix_neural} {config.hidden}" + (" tied" if config.tie_weights else "")
+                + f", dropout {config.dropout:g} + KN-{config.order}{order_note}, {mixing}")
+
+    def describe(self) -> str:
+        return f"{self.neural.describe()} + KN {self.kn.describe()}, {self.extra_repr()}"
 
     @property
     def scheme(self) -> str:
@@ -108,9 +120,20 @@ class MixtureModel(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
-    def fit_counts(self, train_indices, should_stop=None) -> None:
+    def fit_counts(self, train_indices, discounts=None, should_stop=None) -> bool:
         """Count the n-grams of the training text for the KN part (the network is trained by the trainer)."""
-        self.kn.fit_counts(train_indices, should_stop=should_stop)
+        return self.kn.fit_counts(train_indices, discounts, should_stop=should_stop)
+
+    def tune(self, tune_indices, how: str = "none", device=None, log=None) -> dict | None:
+        """Fit λ on the tuning slice (`fit_mixture`, --mix-fit): the mixture's and each part's tuning perplexity.
+
+        None when `how` is "none" (λ stays as it is).
+        """
+        if how == "none":
+            return None
+        fitted = fit_mixture(self, tune_indices, device, how, log)
+        return {"tune_ppl": fitted["mix_ppl"], "tune_neural_ppl": fitted["neural_ppl"],
+                "tune_ngram_ppl": fitted["ngram_ppl"]}
 
     def begin_state(self, batch_size: int, device=None):
         return self.neural.begin_state(batch_size, device), self.kn.begin_state(batch_size, device)

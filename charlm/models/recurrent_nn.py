@@ -32,6 +32,7 @@ from torch import nn
 
 from charlm.errors import CharlmError
 from charlm.models.fastrnn import tanh_recurrence
+from charlm.models.base import CharModel
 
 # cell name -> (torch module, gates per unit)
 _CELLS = {"rnn": (nn.RNN, 1), "gru": (nn.GRU, 3), "lstm": (nn.LSTM, 4)}
@@ -58,7 +59,7 @@ def _column_input(module: nn.RNNBase) -> torch.Tensor:
     return W_ih.t().contiguous()
 
 
-class RecurrentNN(nn.Module):
+class RecurrentNN(CharModel):
     """torch.nn.RNN / GRU / LSTM (`cell`) with `layers`, `dropout`, `embedding` and `tie_weights`.
 
     Dropout (training mode only) acts on the embedded input, between stacked

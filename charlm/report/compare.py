@@ -18,16 +18,25 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from charlm.data.batches import SAMPLERS
+import torch
+
 from charlm.config import Config, apply_preset
+from charlm.data.batches import SAMPLERS
 from charlm.data.corpus import Corpus, load_corpus
 from charlm.errors import CharlmError
-from charlm.run.metrics import read_metrics
 from charlm.models import MODELS, build_model
+from charlm.models.limits import check_model_fits, check_order
+from charlm.run.checkpoint import load_checkpoint
+from charlm.run.metrics import read_metrics
+from charlm.run.rundir import ensure_writable
+from charlm.train.state import check_resumable
+from charlm.train import loop as trainer  # looked up at each run, so a test can stand in for train()
 
 # Settings that change what is printed or where files go, never a run's numbers: left out of the run key.
 # The corpus path, member and encoding are replaced by the fingerprint of the text actually read.
@@ -35,7 +44,7 @@ NOT_IN_KEY = ("out", "preset", "pred_every", "pred_len", "prefixes", "corpus", "
 # Settings that decide the text every run sees: they must be the same for the whole grid.
 DATA_FIELDS = ("corpus", "member", "encoding", "newlines", "max_chars", "val_fraction")
 # Settings in which a stopped run's last.pt may differ from the run and still be resumed (all are in the key).
-RESUMABLE = ("epochs", "patience", "device")
+REUSE_MAY_DIFFER = ("epochs", "patience", "device")
 DONE = "done.json"
 # Torch threads per run. Grid runs are many small independent jobs: one thread each,
 # with --jobs for more cores, is fastest (two threads per run on a busy 2-core machine
@@ -173,9 +182,7 @@ def prepare_out_dir(out_dir: Path) -> Path:
         raise CharlmError(f"--out {out_dir} is a file; give a directory")
     try:
         (out_dir / "runs").mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        ensure_writable(out_dir)
     except OSError as e:
         raise CharlmError(f"cannot write to --out {out_dir} ({e.strerror or e}); choose another directory") from None
     return out_dir
@@ -203,20 +210,17 @@ def _load_corpus(configs: list[Config], log=None) -> Corpus:
 
 def _check_runnable(configs: list[Config], corpus: Corpus) -> None:
     """Fail before any training when a run could not even start (text too short, bad model settings)."""
-    from charlm.models.limits import check_model_fits, check_order
-    from charlm.train.loop import check_minibatch_fits
-
     for key in dict.fromkeys((c.model, c.hidden, c.batch_size, c.num_steps, c.random_offset) for c in configs):
         config = next(c for c in configs if (c.model, c.hidden, c.batch_size, c.num_steps, c.random_offset) == key)
         check_order(config, len(corpus.train))
         check_model_fits(config, len(corpus.vocab))  # before build_model allocates it
         model = build_model(config, len(corpus.vocab))
         if any(p.requires_grad for p in model.parameters()):  # a counting model (kn) needs no minibatches
-            check_minibatch_fits(config, len(corpus.train))
+            trainer.check_minibatch_fits(config, len(corpus.train))
 
 
 def _same_run(saved: Config, config: Config) -> bool:
-    skip = set(NOT_IN_KEY) | set(RESUMABLE)
+    skip = set(NOT_IN_KEY) | set(REUSE_MAY_DIFFER)
     a, b = saved.to_dict(), config.to_dict()
     return all(a.get(k) == b.get(k) for k in b if k not in skip)
 
@@ -227,8 +231,6 @@ def execute_run(config: Config, corpus: Corpus, run_dir: str | Path, threads: in
     Writes done.json last, so a run without it is unfinished. Module-level so that
     worker processes can call it; torch uses `threads` threads during the run.
     """
-    import torch
-
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -238,9 +240,6 @@ def execute_run(config: Config, corpus: Corpus, run_dir: str | Path, threads: in
 
 
 def _execute_run(config: Config, corpus: Corpus, run_dir: Path) -> dict:
-    from charlm.run.checkpoint import load_checkpoint
-    from charlm.train.loop import check_resumable, train
-
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", config.to_dict())
     payload, last = None, run_dir / "last.pt"
@@ -260,7 +259,7 @@ def _execute_run(config: Config, corpus: Corpus, run_dir: Path) -> dict:
     if payload is not None and (payload["epoch"] >= config.epochs or payload["optimizer"] is None):
         summary = {"best_val_ppl": payload["best_val_ppl"], "best_epoch": payload["best_epoch"], "stopped_early": False}
     else:
-        result = train(config, corpus, run_dir, resume=payload)
+        result = trainer.train(config, corpus, run_dir, resume=payload)
         summary = {"best_val_ppl": result.best_val_ppl, "best_epoch": result.best_epoch,
                    "stopped_early": result.stopped_early}
     summary["resumed_after_epoch"] = payload["epoch"] if payload is not None else 0
@@ -357,9 +356,6 @@ def _run_parallel(pending: list, corpus: Corpus, jobs: int, started, ended) -> N
 def _submit(pool, *args):
     """pool.submit with Ctrl-C ignored meanwhile: a worker it starts inherits that, so a Ctrl-C while the
     worker is still importing torch cannot print a traceback; once started it takes _quiet_interrupt's handler."""
-    import signal
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         return pool.submit(*args)
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -372,7 +368,5 @@ def _submit(pool, *args):
 def _quiet_interrupt() -> None:
     """In a worker: Ctrl-C (sent to the whole process group) ends it at once, without a traceback;
     the parent reports the interrupt. Checkpoints are written by atomic rename, so nothing half-written stays."""
-    import signal
-
     signal.signal(signal.SIGINT, lambda signum, frame: os._exit(128 + signum))
 

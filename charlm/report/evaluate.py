@@ -7,18 +7,20 @@ and the CLI writes them out.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import torch
 
-from charlm.data.corpus import Corpus, load_corpus, prepare_text, read_text
-from charlm.generate.copyguard import DEFAULT_MAX_COPY, CopyGuard
-from charlm.generate.decode import DEFAULT_DECODING, Decoding, drop_unknown, encode_prefix, generate
+from charlm.config import Config
+from charlm.data.corpus import prepare_text, read_text
 from charlm.errors import CharlmError
-from charlm.report.quality import CopyIndex, sample_report
-from charlm.train.loop import evaluate as carried_perplexity
+from charlm.generate.copyguard import DEFAULT_MAX_COPY, CopyGuard
+from charlm.generate.decode import generate
+from charlm.generate.prefix import check_prefix, drop_unknown, dropped_note
+from charlm.generate.sampling import DEFAULT_DECODING, Decoding
 from charlm.generate.verse import CLASSIC_PREFIXES, Shape
+from charlm.report.quality import CopyIndex, sample_report
+from charlm.run.checkpoint import default_prefixes, training_corpus
+from charlm.train.validate import perplexity as carried_perplexity
 
 DEFAULT_DECODINGS = "greedy,temperature=0.8,top-k=5,top-p=0.9,num-beams=4," + DEFAULT_DECODING.label()
 DEFAULT_PREFIXES = CLASSIC_PREFIXES
@@ -39,25 +41,6 @@ COLUMNS = (
     ("copied_fraction_unguarded", "copied, no guard", "{:.3f}"),
     ("mean_logprob_unguarded", "log-prob/char, no guard", "{:.3f}"),
 )
-
-
-def training_corpus(payload: dict, corpus_path: str | None = None, log=None) -> Corpus:
-    """The corpus a checkpoint was trained on (its train and validation text), checked by fingerprint.
-
-    `corpus_path` points to the file when it has moved since training.
-    """
-    from charlm.config import Config
-
-    config = Config.from_dict(payload["config"])
-    if corpus_path:
-        config = replace(config, corpus=corpus_path)
-    corpus = load_corpus(config, log)
-    saved = payload.get("corpus", {})
-    if saved.get("fingerprint") and corpus.fingerprint != saved["fingerprint"]:
-        raise CharlmError(f"{corpus.source} is not the text this model was trained on (fingerprint {corpus.fingerprint}, "
-                          f"trained on {saved.get('source')}, fingerprint {saved['fingerprint']}); "
-                          "point --corpus to the training file")
-    return corpus
 
 
 def text_indices(text: str, vocab, unknown: str = "error") -> tuple[np.ndarray, int]:
@@ -100,7 +83,7 @@ def decoding_rows(model, vocab, training_text: str | CopyIndex, decodings: list[
     device = device or next(model.parameters()).device
     prefixes = list(prefixes)
     for p in prefixes:
-        encode_prefix(p, vocab)
+        check_prefix(p, vocab)
 
     def measure(decoding: Decoding, with_guard) -> tuple[dict, list]:
         generator = torch.Generator(device=device).manual_seed(seed)
@@ -125,16 +108,6 @@ def decoding_rows(model, vocab, training_text: str | CopyIndex, decodings: list[
     return rows
 
 
-def default_prefixes(payload: dict, vocab) -> list[str]:
-    """The run's own prefixes (its config's, chosen from its corpus at training time) that the vocabulary spells."""
-    saved = payload.get("config", {}).get("prefixes") or CLASSIC_PREFIXES
-    kept = [p for p in saved if p and not vocab.unknown(p)]
-    if not kept:
-        raise CharlmError(f"none of the run's prefixes ({', '.join(map(repr, saved))}) is spelled by its vocabulary; "
-                          "give one with --prefix")
-    return kept
-
-
 def evaluate_model(model, vocab, payload: dict, *, text_path: str | None = None, corpus_path: str | None = None,
                    unknown: str = "error", decodings: list[Decoding], prefixes=None, num_samples: int = 8,
                    length: int = 100, seed: int = 0, device=None, warn=lambda line: None,
@@ -149,8 +122,6 @@ def evaluate_model(model, vocab, payload: dict, *, text_path: str | None = None,
     None takes the run's own. With `unknown='skip'`, characters outside the vocabulary are dropped
     (and `warn` is told).
     """
-    from charlm.config import Config
-
     corpus = training_corpus(payload, corpus_path, warn)
     if text_path:
         config = Config.from_dict(payload["config"])
@@ -164,14 +135,10 @@ def evaluate_model(model, vocab, payload: dict, *, text_path: str | None = None,
         indices, skipped, source = corpus.val, 0, f"validation text of {corpus.source}"
     kept = []
     for prefix in (prefixes or default_prefixes(payload, vocab)):
-        if unknown == "skip":
-            cleaned, dropped = drop_unknown(prefix, vocab)
-            if not cleaned:
-                raise CharlmError(f"nothing is left of prefix {prefix!r} once its unknown characters are dropped")
-            if dropped:
-                warn(f"dropped {' '.join(map(repr, dropped))} from prefix {prefix!r}: not in the model's vocabulary")
-            prefix = cleaned
-        kept.append(prefix)
+        cleaned, dropped = check_prefix(prefix, vocab, unknown)
+        if dropped:
+            warn(dropped_note(prefix, dropped))
+        kept.append(cleaned)
     guard = None
     if max_copy > 0:
         guard = CopyGuard.from_text(corpus.text, corpus.vocab, max_copy, corpus.fingerprint)

@@ -12,9 +12,12 @@ import statistics
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from charlm.report.compare import NOT_IN_KEY, CompareResult, Run, describe
 from charlm.config import Config
 from charlm.errors import CharlmError
+from charlm.generate.decode import predict
+from charlm.report.compare import NOT_IN_KEY, CompareResult, Run, describe
+from charlm.report.plots import PlotsUnavailable, plot_curves
+from charlm.run.checkpoint import load_checkpoint, model_from_checkpoint
 
 CSV_COLUMNS = ("model", "sampler", "hidden", "seed", "epoch", "train_ppl", "val_ppl", "seconds", "chars_per_sec")
 PLOT_HINT = ("pip install 'charlm[plot]'  (or: pip install matplotlib), then run the same command again: "
@@ -250,9 +253,6 @@ def results_table(summaries: list[Summary]) -> list[str]:
 
 def continuations(run: Run, checkpoint: str) -> list[str]:
     """Greedy continuations of each prefix from one checkpoint file (best.pt or last.pt) of `run`."""
-    from charlm.run.checkpoint import load_checkpoint, model_from_checkpoint
-    from charlm.generate.decode import predict
-
     try:
         model, vocab, _ = model_from_checkpoint(load_checkpoint(run.run_dir / checkpoint))
     except CharlmError as e:
@@ -348,8 +348,6 @@ def write_outputs(result: CompareResult, *, command: str | None = None) -> dict:
     out = result.out_dir
     paths = {"results": write_results_csv(result, out / "results.csv")}
     plots, plot_error = [], None
-    from charlm.report.plots import PlotsUnavailable, plot_curves
-
     try:
         plots = plot_curves(summarize(result), out)
     except PlotsUnavailable:

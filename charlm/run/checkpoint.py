@@ -14,7 +14,7 @@ import re
 import tempfile
 import warnings
 import zipfile
-from dataclasses import fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -23,6 +23,7 @@ from charlm import __version__
 from charlm.config import Config, field_default
 from charlm.errors import CharlmError
 from charlm.models import build_model, upgrade_state_dict
+from charlm.data.corpus import Corpus, load_corpus
 from charlm.data.vocab import Vocab
 
 FORMAT = "charlm-checkpoint"
@@ -241,3 +242,49 @@ def model_from_checkpoint(payload: dict, device="cpu"):
                           "the file is damaged or from another version") from None
     model.to(device).eval()
     return model, vocab, config
+
+
+@dataclass(frozen=True)
+class OpenedRun:
+    """A checkpoint found, read and rebuilt for inference: what generate, evaluate and serve start from."""
+
+    path: Path  # the .pt file itself
+    payload: dict  # the checkpoint as stored
+    model: torch.nn.Module  # on the device asked for, in eval mode
+    vocab: Vocab
+    config: Config
+
+
+def open_checkpoint(path: str | Path | None, device="cpu") -> OpenedRun:
+    """Find a checkpoint (a file, a run directory or the newest run; see find_checkpoint), load and rebuild it."""
+    found = find_checkpoint(path)
+    payload = load_checkpoint(found)
+    model, vocab, config = model_from_checkpoint(payload, device)
+    return OpenedRun(found, payload, model, vocab, config)
+
+
+def default_prefixes(payload: dict, vocab) -> list[str]:
+    """The run's own prefixes (its config's, chosen from its corpus at training time) that the vocabulary spells."""
+    saved = payload.get("config", {}).get("prefixes") or Config().prefixes  # the classic 分开, 不分开
+    kept = [p for p in saved if p and not vocab.unknown(p)]
+    if not kept:
+        raise CharlmError(f"none of the run's prefixes ({', '.join(map(repr, saved))}) is spelled by its vocabulary; "
+                          "give one with --prefix")
+    return kept
+
+
+def training_corpus(payload: dict, corpus_path: str | None = None, log=None) -> Corpus:
+    """The corpus a checkpoint was trained on (its train and validation text), checked by fingerprint.
+
+    `corpus_path` points to the file when it has moved since training.
+    """
+    config = Config.from_dict(payload["config"])
+    if corpus_path:
+        config = replace(config, corpus=corpus_path)
+    corpus = load_corpus(config, log)
+    saved = payload.get("corpus", {})
+    if saved.get("fingerprint") and corpus.fingerprint != saved["fingerprint"]:
+        raise CharlmError(f"{corpus.source} is not the text this model was trained on (fingerprint {corpus.fingerprint}, "
+                          f"trained on {saved.get('source')}, fingerprint {saved['fingerprint']}); "
+                          "point --corpus to the training file")
+    return corpus

@@ -137,6 +137,16 @@ def stale_message(lock: RunLock) -> str | None:
             "taking it over (the checkpoints are whole: each is written by an atomic rename)")
 
 
+def ensure_writable(folder: str | Path) -> None:
+    """Create `folder` (and its parents) and prove it writable by writing and removing a probe file;
+    raises the OSError otherwise, for the caller to word (a read-only mount passes mkdir but not this)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / ".write-test"
+    probe.write_bytes(b"")
+    probe.unlink()
+
+
 def held_run_files(run_dir: str | Path) -> list[str]:
     """Which of last.pt, best.pt, metrics.jsonl exist in `run_dir`."""
     run_dir = Path(run_dir)

@@ -14,7 +14,7 @@ shares, the mean of the ranks' mean losses is the mean over the whole
 minibatch, and the run follows the single-process one step for step.
 
 `from_env()` reads torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK). Without
-them it returns a single-process `Group` whose every method does nothing, so
+them it returns a single-process `ProcessGroup` whose every method does nothing, so
 a run without torchrun creates no process group and behaves as before. The
 trainer calls the same methods either way and never asks which one it has.
 """
@@ -54,10 +54,10 @@ class Replicated(DistributedDataParallel):
             return getattr(self.module, name)
 
 
-class Group:
+class ProcessGroup:
     """This process's place in a run: rank, world size and the collectives the trainer needs.
 
-    `Group()` is the single process (rank 0 of 1, no process group); `from_env()`
+    `ProcessGroup()` is the single process (rank 0 of 1, no process group); `from_env()`
     gives the torchrun one. Start it with `start(device)` before the first collective.
     """
 
@@ -76,7 +76,8 @@ class Group:
         return self.backend is not None
 
     def __repr__(self) -> str:
-        return f"Group(rank={self.rank}, world_size={self.world_size}, local_rank={self.local_rank}, backend={self.backend})"
+        return (f"ProcessGroup(rank={self.rank}, world_size={self.world_size}, local_rank={self.local_rank}, "
+                f"backend={self.backend})")
 
     # --- before training ----------------------------------------------------
     def check_rendezvous(self, environ=None) -> None:
@@ -259,7 +260,7 @@ def collective_timeout() -> float:
     return seconds
 
 
-def lost_contact(group: Group, error: BaseException) -> CharlmError:
+def lost_contact(group: ProcessGroup, error: BaseException) -> CharlmError:
     """The one-line error for a rank whose collective failed because another rank died or hung."""
     reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
     reason = re.sub(r"^\[[^\]]*\]\s*", "", reason).split(". ")[0][:120]  # drop gloo's "[file.cc:537] " prefix
@@ -273,7 +274,7 @@ _LOST_PEER_WORDS = ("gloo", "nccl", "connection reset", "connection closed", "co
                     "broken pipe", "timed out", "timeout")
 
 
-def explain(group: Group, error: BaseException) -> BaseException:
+def explain(group: ProcessGroup, error: BaseException) -> BaseException:
     """A failure inside a collective (for example DDP's gradient all-reduce in backward) as a CharlmError;
     any other exception is returned unchanged."""
     if not group.launched or not isinstance(error, RuntimeError):
@@ -291,14 +292,14 @@ def _env_int(environ, name: str) -> int:
         raise CharlmError(f"${name} is {raw!r}, not a whole number; launch distributed runs with torchrun") from None
 
 
-def from_env(environ=None) -> Group:
-    """The Group torchrun describes in RANK / WORLD_SIZE / LOCAL_RANK, or the single process without them."""
+def from_env(environ=None) -> ProcessGroup:
+    """The ProcessGroup torchrun describes in RANK / WORLD_SIZE / LOCAL_RANK, or the single process without them."""
     environ = os.environ if environ is None else environ
     if "RANK" not in environ or "WORLD_SIZE" not in environ:
-        return Group()
+        return ProcessGroup()
     rank, world = _env_int(environ, "RANK"), _env_int(environ, "WORLD_SIZE")
     local = _env_int(environ, "LOCAL_RANK") if "LOCAL_RANK" in environ else rank
     if world < 1 or not 0 <= rank < world:
         raise CharlmError(f"$RANK {rank} and $WORLD_SIZE {world} do not describe a process of the run; "
                           "launch distributed runs with torchrun")
-    return Group(rank, world, local, launched=True)
+    return ProcessGroup(rank, world, local, launched=True)

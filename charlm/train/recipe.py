@@ -42,8 +42,9 @@ BATCH_CPU = ((30_000, 32), (100_000, 4), (math.inf, 32))
 DROPOUT = ((20_000, 0.6), (100_000, 0.5), (400_000, 0.15), (math.inf, 0.1))
 # Hidden (= embedding, tied) width by training characters, on a CPU; a GPU doubles it.
 HIDDEN = ((30_000, 128), (300_000, 192), (math.inf, 256))
-# Highest n-gram order tried on the tuning slice (choose_order lowers it further to fit 1.5 GB).
-MAX_ORDER = 8
+# Highest n-gram order the recipe tries on the tuning slice (choose_order lowers it further to fit 1.5 GB);
+# charlm.models.limits.MAX_ORDER is the most any run may ask for.
+AUTO_MAX_ORDER = 8
 # At most this many passes over a text: small texts overfit long before their budget runs out.
 EPOCHS = ((100_000, 15), (500_000, 20), (math.inf, 40))
 # Short memory: a text of at least SHORT_MIN_CHARS training characters whose best n-gram order on the
@@ -141,12 +142,13 @@ def resolve_auto(config, corpus, explicit: set):
     and the one line the CLI prints.
     """
     from charlm.data.corpus import carve_tune
+    from charlm.models import MODELS
+    from charlm.models.kn_tuning import choose_order
 
     stats = corpus_stats(corpus)
     values, reason = choose_recipe(stats, device_info(config.device),
                                    config.time_budget if "time_budget" in explicit else 0.0)
-    has_mix_fit = any(f.name == "mix_fit" for f in fields(config))
-    if has_mix_fit:
+    if any(f.name == "mix_fit" for f in fields(config)):
         values["mix_fit"] = "count"
     config = replace(config, **{k: v for k, v in values.items() if k not in explicit})
     if config.tie_weights and "embedding" not in explicit:  # an explicit --hidden: the tied embedding follows it
@@ -155,10 +157,9 @@ def resolve_auto(config, corpus, explicit: set):
         config = replace(config, tie_weights=False)  # an explicit --embedding that differs: untie rather than refuse
     corpus = carve_tune(corpus, config.tune_fraction)
     order_note = ""
-    if config.model in ("kn", "mix") and "order" not in explicit and len(corpus.tune) >= 2:
-        from charlm.models.kneser_ney import choose_order
-
-        choice = choose_order(corpus.train, corpus.tune, len(corpus.vocab), MAX_ORDER)
+    family = MODELS.get(config.model)
+    if family is not None and family.uses_ngram() and "order" not in explicit and len(corpus.tune) >= 2:
+        choice = choose_order(corpus.train, corpus.tune, len(corpus.vocab), AUTO_MAX_ORDER)
         config = replace(config, order=int(choice.order))
         if "kn_discounts" not in explicit:
             config = replace(config, kn_discounts=tuple(round(float(d), 6) for d in choice.discounts))
@@ -169,15 +170,7 @@ def resolve_auto(config, corpus, explicit: set):
     elif "order" not in explicit:  # no tuning slice (a short text): the default order, if the text is that long
         config = replace(config, order=max(1, min(config.order, len(corpus.train) - 1)))
     config.validate()
-    if config.model == "mix":
-        mixing = "mixed by weights fitted per context count" if has_mix_fit and config.mix_fit == "count" else \
-            f"mixed at λ {config.mix_weight:g}"
-        what = (f"{config.mix_neural} {config.hidden}" + (" tied" if config.tie_weights else "")
-                + f", dropout {config.dropout:g} + KN-{config.order}{order_note}, {mixing}")
-    elif config.model == "kn":
-        what = f"KN-{config.order}{order_note}"
-    else:
-        what = f"{config.model} {config.hidden}, dropout {config.dropout:g}"
+    what = MODELS[config.model].recipe_words(config, order_note)
     wd = f" wd {config.weight_decay:g}" if config.weight_decay else ""
     plan = (f"adam lr {config.lr:g} {config.lr_schedule}{wd}"
             + f", batch {config.batch_size}, up to {config.epochs} epochs in {config.time_budget:g} min"

@@ -1,0 +1,228 @@
+"""`charlm generate`: continue prefixes with a trained model, from the flags or one line of stdin at a time.
+
+The flags become one GenerationRequest (charlm/generate/request.py, the same rules as the web page's);
+this module only opens the checkpoint, prints the samples and says what was dropped or drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+
+import click
+
+from charlm import defaults
+from charlm.cli.command import Command, warn
+from charlm.cli.options import checkpoint_option, device_option, explicit_params
+from charlm.errors import CharlmError
+from charlm.models.limits import MAX_LENGTH
+
+# `generate --interactive` in a terminal: said once at the start
+INTERACTIVE_HINT = ("type a prefix and press Enter; an empty line repeats the last prefix; "
+                    "Ctrl-D (or quit) leaves")
+LEAVE_WORDS = ("quit", "exit")
+
+
+def _is_terminal(stream) -> bool:
+    """Whether `stream` is a terminal (a person typing), not a pipe or a file."""
+    return stream.isatty()
+
+
+@click.command("generate", cls=Command)
+@checkpoint_option
+@click.option("--prefix", "prefixes", multiple=True, default=(),
+              help="Text to continue (repeat the flag for several). Default: the run's own first prefix "
+                   "(分开 for the lyrics; for a corpus without it, a common opening of its lines).")
+@click.option("--length", type=click.IntRange(min=0), default=None,
+              help=f"Characters to generate. Default: at most {defaults.LENGTH} ({defaults.LINES_LENGTH} with "
+                   "--lines), stopping at the end of a song (a blank line); given, exactly that many (fewer only "
+                   "with --lines), running on through the ends of songs.")
+@click.option("--lines", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Stop once the text (prefix included) has this many lines (0 = no limit).")
+@click.option("--max-copy", type=click.IntRange(min=0), default=defaults.MAX_COPY, show_default=True,
+              help="Copy guard: no span of more than N characters of the corpus in the text, a span begun in "
+                   "the prefix included (0 = off).")
+@click.option("--greedy", is_flag=True,
+              help="Arg-max decoding, as in the textbook (the default is sampling: "
+                   f"--temperature {defaults.TEMPERATURE} --top-p {defaults.TOP_P}).")
+@click.option("--temperature", type=float, default=defaults.TEMPERATURE, show_default=True,
+              help="Sample, dividing the logits by this first: below 1 is safer, above 1 wilder.")
+@click.option("--top-k", type=int, default=0, show_default=True,
+              help="Sample from the K most probable characters only (0 = off).")
+@click.option("--top-p", type=float, default=defaults.TOP_P, show_default=True,
+              help="Sample from the smallest set of characters whose probability reaches P (1.0 = off).")
+@click.option("--num-beams", type=int, default=1, show_default=True,
+              help="Beam search with this many beams: the most probable text, not a sample (1 = off).")
+@click.option("--repetition-penalty", type=float, default=1.0, show_default=True,
+              help="Make characters already in the text less likely (1.0 = off; 1.2 is a common choice).")
+@click.option("--num-samples", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Samples per prefix, generated as one batch (with --num-beams: the best N beams).")
+@click.option("--seed", type=int, default=None,
+              help="Random seed of the sampling; without it each run draws one and prints it on stderr.")
+@click.option("--format", "fmt", type=click.Choice(["text", "jsonl"]), default="text", show_default=True,
+              help="text: the sample alone (several get '==> ... <==' headers); jsonl: one JSON object per sample "
+                   "with prefix, text and per-character log-probabilities.")
+@click.option("--stream", is_flag=True, help="Print characters as they are produced (samples one after another).")
+@click.option("--interactive", is_flag=True,
+              help="Read one prefix per line from stdin and answer each until end of input (Ctrl-D); in a "
+                   "terminal an empty line repeats the last prefix and quit or exit leaves.")
+@click.option("--unknown", type=click.Choice(["error", "skip"]), default="error", show_default=True,
+              help="Prefix characters outside the vocabulary: stop with an error, or drop them with a warning.")
+@device_option
+@click.pass_context
+def generate_command(ctx, checkpoint, prefixes, length, lines, max_copy, greedy, temperature, top_k, top_p, num_beams,
+                     repetition_penalty, num_samples, seed, fmt, stream, interactive, unknown, device):
+    """Continue a prefix with a trained model: sampling with a copy guard (default), arg-max or beam search.
+
+    \b
+      charlm generate --prefix 分开                          # sampled, never reciting more than --max-copy
+      charlm generate --prefix 分开 --greedy --max-copy 0     # the textbook's arg-max, unguarded
+      charlm generate --prefix 分开 --temperature 0.8 --top-k 5 --num-samples 4 --lines 4
+      charlm generate --num-beams 4 --prefix 不分开
+      echo 分开 | charlm generate --interactive --top-p 0.9 --format jsonl
+    """
+    from charlm.generate.request import make_request
+
+    given = explicit_params(ctx, ["temperature", "top_k", "top_p", "prefixes"])
+    req = make_request(strategy="greedy" if greedy else None, num_beams=num_beams,
+                       temperature=temperature if "temperature" in given else None,
+                       top_k=top_k if "top_k" in given else None, top_p=top_p if "top_p" in given else None,
+                       repetition_penalty=repetition_penalty, num_samples=num_samples, length=length, lines=lines,
+                       seed=seed, max_copy=max_copy, unknown=unknown)
+    if interactive and "prefixes" in given:
+        raise CharlmError("--interactive reads the prefixes from stdin; drop --prefix")
+    if stream and fmt == "jsonl":
+        raise CharlmError("--stream prints text as it comes; it cannot be combined with --format jsonl")
+    if stream and req.strategy == "beam":
+        raise CharlmError("--stream cannot follow beam search: the best beam is known only at the end")
+    printer = Printer(checkpoint, device, req, fmt, stream, interactive, prefixes)
+    if not interactive:
+        batch = [printer.clean(p) for p in printer.prefixes]  # every bad prefix fails before any print
+        printer.answer(batch, len(batch) * num_samples)
+        printer.tell_gave_way()
+    elif not _answer_lines(printer, sys.stdin):
+        sys.exit(2)
+
+
+class Printer:
+    """One opened checkpoint and one request: generates for a batch of prefixes and prints the samples."""
+
+    def __init__(self, checkpoint, device: str, req, fmt: str, stream: bool, interactive: bool, prefixes=()):
+        import torch
+
+        from charlm.device import pick_device
+        from charlm.generate.copyguard import guard_for_run
+        from charlm.run.checkpoint import default_prefixes, open_checkpoint, training_corpus
+
+        self.dev = pick_device(device)
+        run = open_checkpoint(checkpoint, self.dev)
+        self.model, self.vocab, self.req = run.model, run.vocab, req
+        self.fmt, self.stream, self.interactive = fmt, stream, interactive
+        self.prefixes = list(prefixes) or default_prefixes(run.payload, run.vocab)[:1]  # the run's own, if none given
+        self.guard = guard_for_run(run.path, run.payload, req.max_copy,
+                                   corpus_loader=lambda: training_corpus(run.payload, log=warn),
+                                   log=lambda line: click.echo(line, err=True))
+        self.generator = torch.Generator(device=self.dev).manual_seed(req.seed)  # one stream of draws for the run
+        self.tell_seed = req.seed_drawn and req.decoding.sample  # said once, when the first sample is made
+        self.gave_way = self.done = 0
+
+    def clean(self, prefix: str) -> str:
+        """The prefix to continue (unknown characters dropped with a warning under --unknown skip), or an error."""
+        from charlm.generate.prefix import dropped_note
+        from charlm.generate.request import clean_prefix
+
+        kept, dropped = clean_prefix(prefix, self.vocab, self.req.unknown)
+        if dropped:
+            warn(dropped_note(prefix, dropped))
+        return kept
+
+    def header(self, prefix: str, i: int, n: int, total: int) -> None:
+        if total > 1 or self.interactive:  # several samples: a line to split them by (they hold line breaks)
+            click.echo(("\n" if self.done else "") + f"==> prefix {prefix!r}, sample {i} of {n} <==")
+        self.done += 1
+
+    def answer(self, batch: list[str], total: int) -> None:
+        """Generate and print the samples of `batch` (the prefixes of one run or of one stdin line)."""
+        from charlm.generate.request import run_request
+
+        if self.tell_seed:
+            click.echo(f"seed {self.req.seed} (reproduce with --seed {self.req.seed})", err=True)
+            self.tell_seed = False
+        if self.stream:
+            for prefix in batch:
+                for i in range(self.req.num_samples):
+                    self.header(prefix, i + 1, self.req.num_samples, total)
+                    self.stream_one(prefix)
+            return
+        samples = run_request(self.model, self.vocab, self.req, batch, self.generator, self.dev, guard=self.guard)
+        self.gave_way += sum(s.gave_way for s in samples)
+        n = self.req.num_samples
+        for k, s in enumerate(samples):
+            if self.fmt == "jsonl":
+                click.echo(json.dumps({"prefix": s.prefix, "sample": k % n + 1, "decoding": self.req.decoding.label(),
+                                       "text": s.text, "logprob": round(s.logprob, 4),
+                                       "logprobs": [round(x, 4) for x in s.logprobs]}, ensure_ascii=False))
+            else:
+                self.header(s.prefix, k % n + 1, n, total)
+                click.echo(s.prefix + s.text)
+
+    def stream_one(self, prefix: str) -> None:
+        """One sample, printed character by character as it is made."""
+        from charlm.generate.request import run_request
+
+        click.echo(prefix, nl=False)
+        held = []  # blank space is printed only once something visible follows it (samples end visibly)
+
+        def show(idx):
+            if int(idx[0]) < 0:  # the stream has ended
+                return
+            held.append(self.vocab.idx_to_char[int(idx[0])])
+            if not held[-1].isspace():
+                click.echo("".join(held), nl=False)
+                held.clear()
+        one = replace(self.req, num_samples=1)  # streamed samples come one after another
+        samples = run_request(self.model, self.vocab, one, prefix, self.generator, self.dev, guard=self.guard,
+                              on_step=show)
+        self.gave_way += samples[0].gave_way
+        click.echo()
+
+    def tell_gave_way(self) -> None:
+        if self.gave_way:
+            warn(f"at {self.gave_way} steps the copy guard and the line rules left no character "
+                 f"of the {len(self.vocab)} to choose, so those steps chose without them")
+
+
+def _answer_lines(printer: Printer, stdin) -> bool:
+    """--interactive: answer one prefix per line of stdin until it ends; False if any line failed."""
+    failed = False
+    prompt = _is_terminal(stdin)
+    last = None  # the last prefix answered: an empty line in a terminal asks for it again
+    if prompt:
+        click.echo(INTERACTIVE_HINT, err=True)
+    while True:
+        if prompt:
+            click.echo("prefix> ", nl=False, err=True)
+        line = stdin.readline(MAX_LENGTH + 1)  # bounded: stdin may be a file without line breaks (/dev/zero)
+        if len(line) > MAX_LENGTH and not line.endswith("\n"):
+            raise CharlmError(f"a line of stdin is longer than {MAX_LENGTH:,} characters; give one prefix per line")
+        if not line:
+            if prompt:
+                click.echo(err=True)  # end the prompt's line
+            break
+        line = line.rstrip("\r\n")
+        if prompt and line.strip().lower() in LEAVE_WORDS:
+            break
+        if not line:
+            if not prompt or last is None:
+                continue
+            line = last
+        try:
+            printer.answer([printer.clean(line)], printer.req.num_samples)
+            last = line
+        except CharlmError as e:  # one bad line does not end the session
+            leave = "; to leave, end the input (Ctrl-D)" if line.strip().lower() in LEAVE_WORDS else ""
+            click.echo(f"error: {e}{leave}", err=True)
+            failed = True
+    printer.tell_gave_way()
+    return not failed

@@ -1,0 +1,64 @@
+"""Training by counting: a model with nothing to learn by gradient (kn) is fitted in one pass, and the
+n-gram part of best.pt is recounted with the tuning slice once training is done (kn, mix)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from charlm.config import Config
+from charlm.data.corpus import Corpus
+from charlm.run.checkpoint import load_checkpoint, save_checkpoint
+from charlm.run.metrics import MetricsLog
+from charlm.train.progress import format_line, log_predictions
+from charlm.train.state import TrainResult, checkpoint_payload
+from charlm.train.validate import or_inf, perplexity
+
+
+def train_by_counting(config: Config, corpus: Corpus, model, run_dir: Path, device, resume, log,
+                      should_stop=None) -> TrainResult:
+    """Fit a model with nothing to learn by gradient (kn) by one count of the training text.
+
+    The count is its only epoch: one metrics.jsonl line and the usual checkpoints, no optimizer.
+    """
+    if resume is not None:  # counted already: nothing left to train (compare may resume any unfinished-looking run)
+        log(f"{config.model} is complete after its one counting pass; nothing to resume")
+        return TrainResult(run_dir, list(resume["metrics"]), resume["best_val_ppl"], resume["best_epoch"])
+    began = time.perf_counter()
+    model.fit_counts(corpus.train, config.kn_discounts, should_stop=should_stop)  # a stop acts between orders
+    seconds = max(time.perf_counter() - began, 1e-9)
+    # the target-only path: the same figures as the forward one, without (positions x V) n-gram rows
+    record = {"epoch": 1, "train_ppl": perplexity(model, corpus.train, device, fast=True),
+              "val_ppl": perplexity(model, corpus.val, device, fast=True),
+              "seconds": round(seconds, 4), "chars_per_sec": round(len(corpus.train) / seconds, 1), "lr": 0.0}
+    result = TrainResult(run_dir, [record], record["val_ppl"], 1)
+    payload = checkpoint_payload(config, corpus, model, 1, result)
+    save_checkpoint(run_dir / "last.pt", payload)
+    save_checkpoint(run_dir / "best.pt", payload)
+    MetricsLog(run_dir / "metrics.jsonl").append(record)  # after last.pt: the log never runs ahead of it
+    log(format_line(record))
+    if config.pred_every:
+        log_predictions(config, model, corpus.vocab, device, log)
+    return result
+
+
+def recount_best(config: Config, corpus: Corpus, model, run_dir: Path, device, streams: int, result: TrainResult,
+                 log) -> None:
+    """Recount best.pt's n-gram part on the whole training text (the tuning slice included) and report that.
+
+    The order, discounts and mixture weights stay as fitted on the tuning slice;
+    only the counts grow by the slice, which lies right before the validation
+    text (nothing is fitted on the validation text). last.pt keeps the counts
+    training used, so a resumed run continues exactly.
+    """
+    payload = load_checkpoint(run_dir / "best.pt")
+    model.load_state_dict(payload["model"])
+    model.fit_counts(np.concatenate([corpus.train, corpus.tune]), config.kn_discounts)
+    val_ppl = or_inf(lambda: perplexity(model, corpus.val, device, streams=streams, fast=True))
+    log(f"n-gram part recounted with the tuning slice ({len(corpus.train) + len(corpus.tune):,} characters): "
+        f"val ppl {val_ppl:.3f} (was {result.best_val_ppl:.3f})")
+    payload.update(model=model.state_dict(), best_val_ppl=val_ppl, recounted_val_ppl=val_ppl)
+    save_checkpoint(run_dir / "best.pt", payload)
+    result.best_val_ppl = val_ppl
