@@ -1,6 +1,6 @@
 """The `charlm` command line: the click group over one module per command, and the only place that prints.
 
-    charlm train | generate | evaluate | compare | serve     cli/train.py, generate.py, evaluate.py, ...
+    charlm train | generate | forms | evaluate | compare | serve     cli/train.py, generate.py, forms.py, ...
     flags shared by several commands                        cli/options.py
     one-line errors and exit statuses                       cli/command.py
 
@@ -17,6 +17,7 @@ from charlm import __version__
 from charlm.cli.command import CommandGroup
 from charlm.cli.compare import compare_command
 from charlm.cli.evaluate import evaluate_command
+from charlm.cli.forms import forms_command
 from charlm.cli.generate import generate_command
 from charlm.cli.serve import serve_command
 from charlm.cli.train import train_command
@@ -34,7 +35,7 @@ def cli(debug):
     """
 
 
-for _command in (train_command, generate_command, evaluate_command, compare_command, serve_command):
+for _command in (train_command, generate_command, forms_command, evaluate_command, compare_command, serve_command):
     cli.add_command(_command)
 
 

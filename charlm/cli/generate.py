@@ -40,6 +40,24 @@ def _is_terminal(stream) -> bool:
                    "with --lines), running on through the ends of songs.")
 @click.option("--lines", type=click.IntRange(min=0), default=0, show_default=True,
               help="Stop once the text (prefix included) has this many lines (0 = no limit).")
+@click.option("--form", "form_name", default=None, metavar="NAME",
+              help="A named form of the run (list them with charlm forms): its line lengths, punctuation and "
+                   "rhyme, exactly; for a corpus of titled pieces (Song ci) the title line comes first.")
+@click.option("--line-lengths", default=None, metavar="7,7,7,7",
+              help="One line per number: characters per line (Chinese and other character scripts) or words "
+                   "per line (English).")
+@click.option("--template", default=None, metavar="TEXT",
+              help="Fill the _ slots, keep every other character (punctuation included); / or \\n between "
+                   "lines, e.g. '春风_____，_______。'.")
+@click.option("--rhyme-scheme", default=None, metavar="AABB",
+              help="One letter per line, repeated over the piece: lines with the same letter rhyme, X is free "
+                   "(with --form: replaces the form's own rhyme).")
+@click.option("--rhyme", default=None, metavar="CLASS",
+              help="The first rhyme's class: a 十三辙 group (江阳), a character of it (光) or an English word "
+                   "(day); default: the model's most probable.")
+@click.option("--candidates", type=click.IntRange(1, 32), default=4, show_default=True,
+              help="Under a form: samples drawn per requested one, in the same batch; the most probable "
+                   "(log-probability per character) is kept.")
 @click.option("--max-copy", type=click.IntRange(min=0), default=defaults.MAX_COPY, show_default=True,
               help="Copy guard: no span of more than N characters of the corpus in the text, a span begun in "
                    "the prefix included (0 = off).")
@@ -71,7 +89,8 @@ def _is_terminal(stream) -> bool:
               help="Prefix characters outside the vocabulary: stop with an error, or drop them with a warning.")
 @device_option
 @click.pass_context
-def generate_command(ctx, checkpoint, prefixes, length, lines, max_copy, greedy, temperature, top_k, top_p, num_beams,
+def generate_command(ctx, checkpoint, prefixes, length, lines, form_name, line_lengths, template, rhyme_scheme, rhyme,
+                     candidates, max_copy, greedy, temperature, top_k, top_p, num_beams,
                      repetition_penalty, num_samples, seed, fmt, stream, interactive, unknown, device):
     """Continue a prefix with a trained model: sampling with a copy guard (default), arg-max or beam search.
 
@@ -81,15 +100,22 @@ def generate_command(ctx, checkpoint, prefixes, length, lines, max_copy, greedy,
       charlm generate --prefix 分开 --temperature 0.8 --top-k 5 --num-samples 4 --lines 4
       charlm generate --num-beams 4 --prefix 不分开
       echo 分开 | charlm generate --interactive --top-p 0.9 --format jsonl
+      charlm generate --rhyme-scheme AABB --lines 8 --prefix 分开   # rhymed lines of the corpus's lengths
+      charlm generate --form 浣溪沙 --num-samples 3                # a Song ci run: the tune's exact form
     """
+    from charlm.forms.template import FormRequest, parse_lengths, read_template
     from charlm.generate.request import make_request
+
+    form = FormRequest(form=form_name, line_lengths=parse_lengths(line_lengths),
+                       template=read_template(template) if template is not None else None,
+                       rhyme_scheme=rhyme_scheme.upper() if rhyme_scheme else None, rhyme=rhyme, candidates=candidates)
 
     given = explicit_params(ctx, ["temperature", "top_k", "top_p", "prefixes"])
     req = make_request(strategy="greedy" if greedy else None, num_beams=num_beams,
                        temperature=temperature if "temperature" in given else None,
                        top_k=top_k if "top_k" in given else None, top_p=top_p if "top_p" in given else None,
                        repetition_penalty=repetition_penalty, num_samples=num_samples, length=length, lines=lines,
-                       seed=seed, max_copy=max_copy, unknown=unknown)
+                       seed=seed, max_copy=max_copy, unknown=unknown, form=form)
     if interactive and "prefixes" in given:
         raise CharlmError("--interactive reads the prefixes from stdin; drop --prefix")
     if stream and fmt == "jsonl":
@@ -99,6 +125,7 @@ def generate_command(ctx, checkpoint, prefixes, length, lines, max_copy, greedy,
     printer = Printer(checkpoint, device, req, fmt, stream, interactive, prefixes)
     if not interactive:
         batch = [printer.clean(p) for p in printer.prefixes]  # every bad prefix fails before any print
+        printer.check_form(batch)
         printer.answer(batch, len(batch) * num_samples)
         printer.tell_gave_way()
     elif not _answer_lines(printer, sys.stdin):
@@ -113,13 +140,18 @@ class Printer:
 
         from charlm.device import pick_device
         from charlm.generate.copyguard import guard_for_run
+        from charlm.generate.formed import run_forms
         from charlm.run.checkpoint import default_prefixes, open_checkpoint, training_corpus
 
         self.dev = pick_device(device)
         run = open_checkpoint(checkpoint, self.dev)
         self.model, self.vocab, self.req = run.model, run.vocab, req
         self.fmt, self.stream, self.interactive = fmt, stream, interactive
-        self.prefixes = list(prefixes) or default_prefixes(run.payload, run.vocab)[:1]  # the run's own, if none given
+        self.forms = run_forms(run.payload, self._training_text(run) if req.form.active else None)
+        titled = req.form.form and self.forms is not None and self.forms.forms.titled
+        self.title = f"{req.form.form}\n" if titled else ""  # what --stream shows before the body
+        # the run's own prefix if none given; a titled form starts with its title alone
+        self.prefixes = list(prefixes) or ([""] if titled else default_prefixes(run.payload, run.vocab)[:1])
         self.guard = guard_for_run(run.path, run.payload, req.max_copy,
                                    corpus_loader=lambda: training_corpus(run.payload, log=warn),
                                    log=lambda line: click.echo(line, err=True))
@@ -127,15 +159,40 @@ class Printer:
         self.tell_seed = req.seed_drawn and req.decoding.sample  # said once, when the first sample is made
         self.gave_way = self.done = 0
 
+    @staticmethod
+    def _training_text(run):
+        """A reader of the run's training text, for an older checkpoint that does not store its forms."""
+        from charlm.run.checkpoint import training_corpus
+
+        def read():
+            try:
+                return training_corpus(run.payload, log=warn).text
+            except CharlmError:
+                return None
+        return read
+
     def clean(self, prefix: str) -> str:
         """The prefix to continue (unknown characters dropped with a warning under --unknown skip), or an error."""
         from charlm.generate.prefix import dropped_note
         from charlm.generate.request import clean_prefix
 
+        if prefix == "" and self.req.form.form:  # a titled form's own start: its title
+            return prefix
+
         kept, dropped = clean_prefix(prefix, self.vocab, self.req.unknown)
         if dropped:
             warn(dropped_note(prefix, dropped))
         return kept
+
+    def check_form(self, batch: list[str]) -> None:
+        """Refuse a form that cannot be made (unknown name, rhyme without data, a prefix that does not fit)."""
+        import torch
+
+        from charlm.generate.formed import plan_forms
+
+        if self.req.form.active:
+            job, primed = plan_forms(self.req, self.forms, batch, self.vocab, torch.Generator().manual_seed(0))
+            job.check(primed, self.vocab)
 
     def header(self, prefix: str, i: int, n: int, total: int) -> None:
         if total > 1 or self.interactive:  # several samples: a line to split them by (they hold line breaks)
@@ -155,14 +212,16 @@ class Printer:
                     self.header(prefix, i + 1, self.req.num_samples, total)
                     self.stream_one(prefix)
             return
-        samples = run_request(self.model, self.vocab, self.req, batch, self.generator, self.dev, guard=self.guard)
+        samples = run_request(self.model, self.vocab, self.req, batch, self.generator, self.dev, guard=self.guard,
+                              forms=self.forms)
         self.gave_way += sum(s.gave_way for s in samples)
         n = self.req.num_samples
         for k, s in enumerate(samples):
             if self.fmt == "jsonl":
                 click.echo(json.dumps({"prefix": s.prefix, "sample": k % n + 1, "decoding": self.req.decoding.label(),
                                        "text": s.text, "logprob": round(s.logprob, 4),
-                                       "logprobs": [round(x, 4) for x in s.logprobs]}, ensure_ascii=False))
+                                       "logprobs": [round(x, 4) for x in s.logprobs],
+                                       **({"form": s.form} if s.form else {})}, ensure_ascii=False))
             else:
                 self.header(s.prefix, k % n + 1, n, total)
                 click.echo(s.prefix + s.text)
@@ -171,7 +230,7 @@ class Printer:
         """One sample, printed character by character as it is made."""
         from charlm.generate.request import run_request
 
-        click.echo(prefix, nl=False)
+        click.echo(self.title + prefix, nl=False)
         held = []  # blank space is printed only once something visible follows it (samples end visibly)
 
         def show(idx):
@@ -183,7 +242,7 @@ class Printer:
                 held.clear()
         one = replace(self.req, num_samples=1)  # streamed samples come one after another
         samples = run_request(self.model, self.vocab, one, prefix, self.generator, self.dev, guard=self.guard,
-                              on_step=show)
+                              on_step=show, forms=self.forms)
         self.gave_way += samples[0].gave_way
         click.echo()
 

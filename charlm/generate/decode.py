@@ -17,13 +17,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from charlm.errors import CharlmError
 from charlm.generate.prefix import encode_prefix
 from charlm.generate.sampling import Decoding, apply_repetition_penalty, greedy
-from charlm.generate.verse import Shape, ShapeState
+from charlm.generate.rules import Rules
+from charlm.generate.verse import Shape
 from charlm.models import eval_mode
 
 
@@ -125,89 +125,12 @@ class Sample:
     text: str
     logprobs: list[float] = field(default_factory=list)
     gave_way: int = 0
+    form: dict | None = None  # under a song form: its name, scheme, each line's rhyme class, complete or not
 
     @property
     def logprob(self) -> float:
         """Total log-probability of the continuation given the prefix."""
         return float(sum(self.logprobs))
-
-
-class Rules:
-    """What each stream of a batch may not write next: the copy guard's bans and the verse shape's.
-
-    `ban(scores)` sets the banned characters' scores to -inf; a stream whose every character is
-    banned keeps its scores unchanged for that step (counted in `gave_way`). `step(next)` takes
-    the chosen characters and returns which streams keep theirs (the others have ended).
-    """
-
-    def __init__(self, guard, shape: Shape, prefixes: list[str], encoded: list[list[int]], vocab, length: int):
-        B = len(prefixes)
-        self.guard, self.shape = guard, shape
-        self.lines = ShapeState(shape, prefixes, vocab, length) if shape.active else None
-        self.gave_way = np.zeros(B, dtype=np.int64)
-        self.alive = np.ones(B, dtype=bool)
-        self.end = np.full(B, length)
-        if guard is not None:
-            n = guard.n
-            self.window = np.zeros((B, n), dtype=np.int64)  # (B, n): each stream's last n characters
-            self.count = np.array([len(e) for e in encoded])  # characters in each stream, prefix included
-            for i, e in enumerate(encoded):
-                tail = e[-n:]
-                self.window[i, n - len(tail):] = tail
-
-    @property
-    def active(self) -> bool:
-        return self.guard is not None or self.lines is not None
-
-    def banned(self) -> tuple[np.ndarray, np.ndarray]:
-        rows, chars = [], []
-        if self.guard is not None:
-            ready = np.flatnonzero(self.count >= self.guard.n)  # a copy of n+1 needs n characters before
-            if len(ready):
-                r, c = self.guard.banned(self.window[ready])
-                rows.append(ready[r])
-                chars.append(c)
-        if self.lines is not None:
-            r, c = self.lines.bans()
-            rows.append(r)
-            chars.append(c)
-        if not rows:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        return np.concatenate(rows), np.concatenate(chars)
-
-    def ban(self, scores: torch.Tensor) -> torch.Tensor:
-        """(B, V) scores with the banned characters at -inf."""
-        rows, chars = self.banned()
-        if not len(rows):
-            return scores
-        masked = scores.clone()
-        masked[torch.from_numpy(rows).to(scores.device), torch.from_numpy(chars).to(scores.device)] = float("-inf")
-        dead = torch.isneginf(masked.amax(dim=-1))  # (B,): nothing left to choose
-        if bool(dead.any()):  # that stream's step goes unconstrained
-            masked[dead] = scores[dead]
-            self.gave_way[dead.cpu().numpy()] += 1
-        return masked
-
-    def step(self, nxt: torch.Tensor) -> np.ndarray:
-        chosen = nxt.cpu().numpy()
-        if self.guard is not None:
-            self.window[:, :-1] = self.window[:, 1:]
-            self.window[:, -1] = chosen
-            self.count += 1
-        if self.lines is not None:
-            keep = self.lines.step(chosen)
-            self.alive, self.end = self.lines.alive, self.lines.end
-            return keep
-        return self.alive
-
-    def reorder(self, rows: np.ndarray) -> None:
-        """Beam search: each new beam inherits its parent's history."""
-        self.gave_way = self.gave_way[rows]
-        if self.guard is not None:
-            self.window = self.window[rows]
-        if self.lines is not None:
-            self.lines.reorder(rows)
-            self.alive, self.end = self.lines.alive, self.lines.end
 
 
 def _to_samples(prefixes, rows, tokens, logprobs, vocab, rules: Rules | None = None) -> list[Sample]:
@@ -222,13 +145,16 @@ def _to_samples(prefixes, rows, tokens, logprobs, vocab, rules: Rules | None = N
         if rules is not None and rules.shape.tidy:  # a sample never ends in blank space
             text = text.rstrip()
             lp = lp[:len(text)]
-        out.append(Sample(prefixes[p], text, lp, gave_way))
+        form = rules.form.report(i) if rules is not None and rules.form is not None else None
+        out.append(Sample(prefixes[p], text, lp, gave_way, form))
     return out
 
 
-def _group_rules(guard, shape: Shape, prefixes, encoded, rows: list[int], vocab, length: int) -> Rules | None:
-    """The copy guard's and verse shape's rules for the streams `rows` of one group, or None when neither is on."""
-    rules = Rules(guard, shape, [prefixes[p] for p in rows], [encoded[p] for p in rows], vocab, length)
+def _group_rules(guard, shape: Shape, prefixes, encoded, rows: list[int], vocab, length: int,
+                 form=None, copies: int = 1) -> Rules | None:
+    """The copy guard's, verse shape's and form's rules for the streams `rows` of one group, or None when none is on."""
+    state = form.state(rows, prefixes, vocab, copies) if form is not None else None
+    rules = Rules(guard, shape, [prefixes[p] for p in rows], [encoded[p] for p in rows], vocab, length, state)
     return rules if rules.active else None
 
 
@@ -293,7 +219,7 @@ def _run_streams(model, group: _Group, length: int, choose, penalty: float, seen
 
 def generate(model, vocab, prefixes, length: int, decoding: Decoding = Decoding(), num_samples: int = 1,
              generator: torch.Generator | None = None, device=None, on_step=None, *, guard=None,
-             shape: Shape = Shape()) -> list[Sample]:
+             shape: Shape = Shape(), form=None) -> list[Sample]:
     """Continue each prefix `num_samples` times, all streams in one batch; returns prefix-major samples.
 
     `prefixes` is one string or a list; with beam search, `num_samples` is how many of the
@@ -303,6 +229,8 @@ def generate(model, vocab, prefixes, length: int, decoding: Decoding = Decoding(
     K lines or at the end of a song and keeps blank lines tidy; `length` is then the most
     characters a sample may have. `on_step(indices)` (a (streams,) tensor, -1 for a stream that
     has ended) is called after every step, e.g. to print characters as they come (not for beams).
+    `form` (generate.formed.FormJob) holds each sample's song form: lines, templates and rhyme are
+    then exact, `length` is the form's, and each sample is the most probable of the form's candidates.
     """
     prefixes = [prefixes] if isinstance(prefixes, str) else list(prefixes)
     decoding.validate()
@@ -318,7 +246,9 @@ def generate(model, vocab, prefixes, length: int, decoding: Decoding = Decoding(
                           f"the model has {len(vocab)}; it belongs to another run")
     if decoding.num_beams > 1:
         return beam_search(model, vocab, prefixes, length, decoding.num_beams, num_samples,
-                           decoding.repetition_penalty, device, guard=guard, shape=shape)
+                           decoding.repetition_penalty, device, guard=guard, shape=shape, form=form)
+    K = form.candidates_for(on_step) if form is not None else 1  # streams drawn per sample
+    length = form.length() if form is not None else length
     if length == 0:
         return [Sample(p, "", []) for p in prefixes for _ in range(num_samples)]
     with eval_mode(model):
@@ -327,17 +257,20 @@ def generate(model, vocab, prefixes, length: int, decoding: Decoding = Decoding(
             dims = _batch_dims(model, device)
             choose, penalty = decoding.chooser(), decoding.repetition_penalty
             samples: dict[int, list[Sample]] = {}
-            for group in _prime(model, encoded, num_samples, dims, device):
+            for group in _prime(model, encoded, num_samples * K, dims, device):
                 seen = _seen_mask(encoded, group.rows, len(vocab), device) if penalty != 1.0 else None
-                rules = _group_rules(guard, shape, prefixes, encoded, group.rows, vocab, length)
+                rules = _group_rules(guard, shape, prefixes, encoded, group.rows, vocab, length, form, K)
                 tokens, logprobs = _run_streams(model, group, length, choose, penalty, seen, generator, on_step, rules)
                 for row, s in zip(group.rows, _to_samples(prefixes, group.rows, tokens, logprobs, vocab, rules)):
                     samples.setdefault(row, []).append(s)
+            if K > 1:
+                samples = {p: form.pick(drawn, K) for p, drawn in samples.items()}
             return [s for p in range(len(prefixes)) for s in samples[p]]
 
 
 def beam_search(model, vocab, prefixes, length: int, num_beams: int, num_return: int = 1,
-                repetition_penalty: float = 1.0, device=None, *, guard=None, shape: Shape = Shape()) -> list[Sample]:
+                repetition_penalty: float = 1.0, device=None, *, guard=None, shape: Shape = Shape(),
+                form=None) -> list[Sample]:
     """Keep the `num_beams` most probable continuations of each prefix, all prefixes in one batch.
 
         step t:  K beams x V characters -> the K best (beam, character) pairs by total log-probability
@@ -356,6 +289,7 @@ def beam_search(model, vocab, prefixes, length: int, num_beams: int, num_return:
         raise CharlmError(f"beam search returns at most --num-beams sequences per prefix: "
                           f"--num-samples {num_return} with --num-beams {K}")
     encoded = [encode_prefix(p, vocab) for p in prefixes]
+    length = form.length() if form is not None else length
     if length == 0:
         return [Sample(p, "", []) for p in prefixes for _ in range(num_return)]
     with eval_mode(model):
@@ -365,7 +299,7 @@ def beam_search(model, vocab, prefixes, length: int, num_beams: int, num_return:
             samples: dict[int, list[Sample]] = {}
             for group in _prime(model, encoded, K, dims, device):
                 seen = _seen_mask(encoded, group.rows, len(vocab), device) if repetition_penalty != 1.0 else None
-                rules = _group_rules(guard, shape, prefixes, encoded, group.rows, vocab, length)
+                rules = _group_rules(guard, shape, prefixes, encoded, group.rows, vocab, length, form, K)
                 tokens, logprobs = _run_beams(model, group, K, len(vocab), length, repetition_penalty, seen, rules, dims)
                 base = torch.arange(0, len(group.rows), K, device=device)[:, None]  # (P, 1): first row of each prefix
                 keep = (base + torch.arange(num_return, device=device)).view(-1)  # beams are sorted best first

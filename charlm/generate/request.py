@@ -14,11 +14,13 @@ messages (`--top-k` on the command line, `top_k` in JSON); the conditions are th
 from __future__ import annotations
 
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from charlm import defaults
 from charlm.errors import CharlmError
+from charlm.forms.template import FormRequest
 from charlm.generate.decode import generate
+from charlm.generate.formed import plan_forms
 from charlm.generate.prefix import EMPTY_PREFIX, SKIP_HINT, check_prefix
 from charlm.generate.sampling import Decoding
 from charlm.generate.verse import Shape
@@ -88,6 +90,7 @@ class GenerationRequest:
     unknown: str = "error"  # prefix characters outside the vocabulary: "error" or "skip"
     prefixes: tuple[str, ...] = ()
     dropped: tuple[str, ...] = ()  # characters dropped from the prefixes (unknown "skip")
+    form: FormRequest = field(default_factory=FormRequest)  # the song form asked for (inactive: none)
 
     def describe(self) -> dict:
         """The settings as the web reports them (the seed included, so a sample can be redone)."""
@@ -95,14 +98,15 @@ class GenerationRequest:
         d.pop("sample", None)
         return {"strategy": self.strategy, "label": self.decoding.label(), **d, "length": self.length,
                 "num_samples": self.num_samples, "seed": self.seed, "max_copy": self.max_copy,
-                "lines": self.shape.lines, "song_end": self.shape.song_end}
+                "lines": self.shape.lines, "song_end": self.shape.song_end,
+                "form": self.form.to_dict() if self.form.active else None}
 
 
 def make_request(*, strategy: str | None = None, temperature: float | None = None, top_k: int | None = None,
                  top_p: float | None = None, num_beams: int | None = None, repetition_penalty: float = 1.0,
                  num_samples: int = 1, length: int | None = None, lines: int = 0, seed: int | None = None,
                  max_copy: int = defaults.MAX_COPY, unknown: str = "error",
-                 spell: Spelling = CLI_SPELLING) -> GenerationRequest:
+                 spell: Spelling = CLI_SPELLING, form: FormRequest | None = None) -> GenerationRequest:
     """Apply the decoding rules to what was given (None: not given) and return the checked request.
 
     The strategy is `strategy` when given, else beam search when num_beams > 1, else sampling with
@@ -138,7 +142,9 @@ def make_request(*, strategy: str | None = None, temperature: float | None = Non
     check_seed(seed, flag=spell.name("seed"))
     drawn = seed is None
     seed = secrets.randbelow(2**31) if drawn else seed
-    return GenerationRequest(strategy, decoding, length, shape, num_samples, seed, drawn, max_copy, unknown)
+    form = (form or FormRequest()).check(spell.name)
+    return GenerationRequest(strategy, decoding, length, shape, num_samples, seed, drawn, max_copy, unknown,
+                             form=form)
 
 
 def check_decoding(decoding: Decoding, spell: Spelling = CLI_SPELLING) -> None:
@@ -151,7 +157,19 @@ def clean_prefix(prefix: str, vocab, unknown: str = "error", spell: Spelling = C
     return check_prefix(prefix, vocab, unknown, empty=spell.empty_prefix(), skip_hint=spell.skip_hint())
 
 
-def run_request(model, vocab, req: GenerationRequest, prefixes, generator, device, *, guard=None, on_step=None):
-    """The samples of `req` for `prefixes` (one string or a batch): decode.generate with the request's settings."""
-    return generate(model, vocab, prefixes, req.length, req.decoding, req.num_samples, generator, device,
-                    on_step=on_step, guard=guard, shape=req.shape)
+def run_request(model, vocab, req: GenerationRequest, prefixes, generator, device, *, guard=None, on_step=None,
+                forms=None):
+    """The samples of `req` for `prefixes` (one string or a batch): decode.generate with the request's settings.
+
+    `forms` (generate.formed.RunForms) are the run's learned forms: a form flag of `req` needs them,
+    and without any, a corpus that rhymes lends its own scheme and line lengths.
+    """
+    prefixes = [prefixes] if isinstance(prefixes, str) else list(prefixes)
+    job, primed = plan_forms(req, forms, prefixes, vocab, generator) if (forms is not None or req.form.active) \
+        else (None, prefixes)
+    samples = generate(model, vocab, primed, req.length, req.decoding, req.num_samples, generator, device,
+                       on_step=on_step, guard=guard, shape=req.shape, form=job)
+    if job is not None:
+        for s in samples:
+            s.prefix = "" if s.prefix == "\n" else s.prefix  # the line break a bare form was primed with
+    return samples

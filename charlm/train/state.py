@@ -117,7 +117,20 @@ def checkpoint_payload(config: Config, corpus: Corpus, model, epoch: int, result
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "metrics": result.metrics, "best_val_ppl": result.best_val_ppl, "best_epoch": result.best_epoch,
         "bad_epochs": bad_epochs, "rng": rng_state(), "partial": partial,
+        "forms": corpus_forms(corpus),
     }
+
+
+_FORMS: dict[str, dict] = {}  # fingerprint -> learned forms: learned once per run, stored in every checkpoint
+
+
+def corpus_forms(corpus: Corpus) -> dict:
+    """The forms of the corpus's training text (line lengths, rhyme, named forms), as plain types."""
+    if corpus.fingerprint not in _FORMS:
+        from charlm.generate.formed import learn_run_forms
+        _FORMS.clear()
+        _FORMS[corpus.fingerprint] = learn_run_forms(corpus.text[:len(corpus.train) + len(corpus.tune)])
+    return _FORMS[corpus.fingerprint]
 
 
 def resume_config(saved: Config, requested: Config, explicit: set[str]) -> Config:
