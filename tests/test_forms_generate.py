@@ -21,28 +21,27 @@ EN = ("the night is long and the day is gone\nmy heart is light and the song is 
 STRATEGIES = [[], ["--greedy"], ["--num-beams", "3"], ["--temperature", "1.5", "--top-k", "20"]]
 
 
-@pytest.fixture(scope="module")
-def zh_run(tmp_path_factory):
-    d = tmp_path_factory.mktemp("zh")
-    (d / "ci.txt").write_text(ZH, encoding="utf-8")
+def _trained(tmp_path_factory, name: str, text: str):
+    """A tiny GRU trained for two epochs on `text` (module-scoped: the tests only generate from it)."""
     from charlm.cli.app import main
+
+    d = tmp_path_factory.mktemp(name)
+    (d / "text.txt").write_text(text, encoding="utf-8")
     with pytest.raises(SystemExit) as info:
-        main([str(a) for a in train_args(d / "ci.txt", d / "run", "--epochs", "2", "--model", "gru",
+        main([str(a) for a in train_args(d / "text.txt", d / "run", "--epochs", "2", "--model", "gru",
                                          "--embedding", "8")])
     assert info.value.code == 0
     return d / "run"
+
+
+@pytest.fixture(scope="module")
+def zh_run(tmp_path_factory):
+    return _trained(tmp_path_factory, "zh", ZH)
 
 
 @pytest.fixture(scope="module")
 def en_run(tmp_path_factory):
-    d = tmp_path_factory.mktemp("en")
-    (d / "en.txt").write_text(EN, encoding="utf-8")
-    from charlm.cli.app import main
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in train_args(d / "en.txt", d / "run", "--epochs", "2", "--model", "gru",
-                                         "--embedding", "8")])
-    assert info.value.code == 0
-    return d / "run"
+    return _trained(tmp_path_factory, "en", EN)
 
 
 def samples(run, capsys, *args):
