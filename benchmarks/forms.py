@@ -21,6 +21,7 @@ length in characters) minus that of the formed ones, in nats; the model's own lo
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import time
 
@@ -28,6 +29,7 @@ import torch
 
 from charlm.forms import metrics
 from charlm.forms.template import FormRequest
+from charlm.generate.copyguard import guard_for_run
 from charlm.generate.formed import run_forms
 from charlm.generate.request import make_request, run_request
 from charlm.run.checkpoint import open_checkpoint, training_corpus
@@ -40,10 +42,12 @@ def load(path):
 
 
 def draw(run, forms, prefixes, n, seed, **kw):
+    """`n` samples per prefix, decoded as `charlm generate` decodes them (the copy guard included)."""
     form = kw.pop("form", None)
     req = make_request(num_samples=n, seed=seed, form=form, **kw)
     g = torch.Generator().manual_seed(seed)
-    return run_request(run.model, run.vocab, req, prefixes, g, "cpu", forms=forms)
+    guard = guard_for_run(run.path, run.payload, req.max_copy, lambda: training_corpus(run.payload))
+    return run_request(run.model, run.vocab, req, prefixes, g, "cpu", forms=forms, guard=guard)
 
 
 def per_char(samples):
@@ -63,6 +67,12 @@ def copied_share(samples, text, n=8):
         inside += sum(mark)
         total += len(body)
     return inside / max(1, total)
+
+
+def distinct_2(samples):
+    """Distinct character bigrams inside lines over all bigrams: how varied the text is."""
+    grams = [s.text[i:i + 2] for s in samples for i in range(len(s.text) - 1) if "\n" not in s.text[i:i + 2]]
+    return len(set(grams)) / max(1, len(grams))
 
 
 def lines_of(s):
@@ -93,7 +103,8 @@ def lyrics(path):
           f"scheme {f.scheme}")
     print(f"  --rhyme-scheme AABB --lines 8, 50 samples: exactly 8 lines {exact}/50, rhyme accuracy "
           f"{hits / slots:.1%}, 1-3 character lines {short / nlines:.1%}, fluency cost "
-          f"{per_char(free) - per_char(rhymed):+.3f} nat/char")
+          f"{per_char(free) - per_char(rhymed):+.3f} nat/char, distinct-2 {distinct_2(rhymed):.3f} "
+          f"(unformed {distinct_2(free):.3f})")
     print(f"  no flag, 50 samples: adjacent rhyme {adj / max(1, pairs):.1%}, 1-3 character lines "
           f"{p_short / max(1, p_lines):.1%}")
 
@@ -102,7 +113,8 @@ def ci(path, names=10, n=20):
     run, forms = load(path)
     text = training_corpus(run.payload).text
     print(f"Song ci ({path}): {len(forms.forms.named)} named forms")
-    print(f"  {'form':<8} {'format':>7} {'rhyme':>7} {'copied 8+':>10} {'fluency cost':>13}")
+    print(f"  {'form':<8} {'format':>7} {'rhyme':>7} {'copied 8+':>10} {'fluency cost':>13} "
+          f"{'distinct-2':>11} {'unformed':>9}")
     for named in forms.forms.named[:names]:
         formed = draw(run, forms, [""], n, 3, form=FormRequest(form=named.name))
         free = draw(run, forms, [named.name + "\n"], n, 3, length=len(named.template), max_copy=7)
@@ -110,7 +122,7 @@ def ci(path, names=10, n=20):
         hs = [metrics.rhyme_hits(lines_of(s)[1:], named.rhyme, "zh") for s in formed]
         rh = sum(h for h, _ in hs) / max(1, sum(k for _, k in hs))
         print(f"  {named.name:<8} {fmt:>7.1%} {rh:>7.1%} {copied_share(formed, text):>10.1%} "
-              f"{per_char(free) - per_char(formed):>+13.3f}")
+              f"{per_char(free) - per_char(formed):>+13.3f} {distinct_2(formed):>11.3f} {distinct_2(free):>9.3f}")
 
 
 def sonnets(path, n=20):
@@ -122,6 +134,39 @@ def sonnets(path, n=20):
     print(f"sonnets ({path}): form {named.name!r} {named.rhyme}, {n} samples: rhyme accuracy "
           f"{sum(h for h, _ in hs) / max(1, sum(k for _, k in hs)):.1%} (CMU; guessed words are misses), "
           f"fluency cost {per_char(free) - per_char(formed):+.3f} nat/char")
+
+
+def _words(text):
+    return re.findall(r"[A-Za-z][A-Za-z'’-]*", text.lower())
+
+
+def _longest_copy_words(sample_text, corpus_words_text):
+    """The longest run of whole words of the sample that occurs verbatim in the corpus (in words)."""
+    words = _words(sample_text)
+    best = 0
+    for i in range(len(words)):
+        j = i + best + 1
+        while j <= len(words) and " ".join(words[i:j]) in corpus_words_text:
+            best, j = j - i, j + 1
+    return best
+
+
+def guard_sweep(path, limits=(7, 12, 16, 20, 24, 28, 0), n=20):
+    """The copy guard on an alphabetic corpus: at each character limit, the share of generated words
+    that are words of the training text (real-word rate) and the longest copied run of words."""
+    run, forms = load(path)
+    text = training_corpus(run.payload).text
+    vocab_words = set(_words(text))
+    joined = " ".join(_words(text))
+    prefix = "When " if "W" in run.vocab.char_to_idx else run.vocab.idx_to_char[0]
+    print(f"copy guard on {path}: {n} samples of 400 characters from {prefix!r}, default decoding")
+    print(f"  {'--max-copy':>10} {'real words':>11} {'longest copy (words)':>21} {'median longest':>15}")
+    for limit in limits:
+        out = draw(run, forms, [prefix], n, 6, length=400, max_copy=limit)
+        words = [w for s in out for w in _words(s.text)]
+        real = sum(w in vocab_words for w in words) / max(1, len(words))
+        longest = [_longest_copy_words(s.text, joined) for s in out]
+        print(f"  {limit if limit else 'off':>10} {real:>11.1%} {max(longest):>21} {statistics.median(longest):>15}")
 
 
 def speed(path):
@@ -152,6 +197,7 @@ def main():
         ci(args.ci)
     if args.sonnets:
         sonnets(args.sonnets)
+        guard_sweep(args.sonnets)
 
 
 if __name__ == "__main__":

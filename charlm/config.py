@@ -94,6 +94,8 @@ class Config:
         for name in ("clip", "weight_decay"):
             if getattr(self, name) < 0:
                 raise CharlmError(f"--{name.replace('_', '-')} must be 0 or more (0 turns it off), got {getattr(self, name)}")
+        if self.weight_decay > 1:  # a factor per step: above 1 the weights flip sign (and 1e39 overflows float32)
+            raise CharlmError(f"--weight-decay must be at most 1 (1e-4 is usual; 0 turns it off), got {self.weight_decay}")
         for d in self.kn_discounts:
             try:
                 ok = 0 < float(d) <= 1

@@ -28,7 +28,7 @@ class LiveServer:
     def close(self):
         self.server.should_exit = True
         self.thread.join(10)
-        self.app.state.pool.shutdown(wait=False, cancel_futures=True)
+        self.app.state.scheduler.close()
         self.sock.close()
 
     def __enter__(self):

@@ -11,6 +11,7 @@ import pytest
 from charlm.data.vocab import Vocab
 from charlm.forms import rhyme
 from charlm.forms.rhyme_index import zh_class_masks, zh_groups_of
+from charlm.generate.sampling import DEFAULT_DECODING
 from helpers import cli, fails, train_args
 
 # lines that rhyme in pairs (言前, 江阳, 一七, 发花), with a title line per piece: a small titled corpus
@@ -170,3 +171,51 @@ def test_rhyme_on_a_script_without_rhyme_data(tmp_path, capsys):
     fails(["generate", "--checkpoint", tmp_path / "run", "--rhyme-scheme", "AABB"], capsys, "rhyme needs Chinese")
     rows = samples(tmp_path / "run", capsys, "--line-lengths", "3,3")  # line forms still work
     assert [len(x.split()) for x in (rows[0]["prefix"] + rows[0]["text"]).split("\n")] == [3, 3]
+
+
+def test_evaluate_reports_form_settings(zh_run, capsys, tmp_path):
+    out = tmp_path / "eval.json"
+    status, text, err = cli(["evaluate", "--checkpoint", zh_run, "--prefix", "春风", "--num-samples", "3",
+                             "--decoding", "temperature=0.8,temperature=0.8+form=春晓,rhyme-scheme=AABB+lines=4",
+                             "--json", out], capsys)
+    assert status == 0, err
+    rows = {row["decoding"]: row for row in json.loads(out.read_text(encoding="utf-8"))["rows"]}
+    plain, named = rows["temperature=0.8"], rows["temperature=0.8+form=春晓"]
+    rhymed = rows[DEFAULT_DECODING.label() + "+rhyme-scheme=AABB+lines=4"]  # no decoding key: generate's default
+    assert "format_accuracy" not in plain and "fluency_cost" not in plain  # no form: no form columns
+    assert named["format_accuracy"] == 1.0 and named.get("rhyme_accuracy", 1.0) == 1.0
+    assert rhymed["format_accuracy"] == 1.0 and rhymed["rhyme_accuracy"] == 1.0
+    assert all(isinstance(r["fluency_cost"], float) for r in (named, rhymed))
+    assert "| format | rhyme | fluency cost |" in text and "the training text's own is" in text
+
+
+@pytest.mark.parametrize("setting, needle", [
+    ("rhyme-scheme=", "needs a value"),
+    ("form=沁园春", "no form '沁园春'"),
+    ("lines=two+rhyme-scheme=AA", "whole numbers"),
+    ("line-lengths=5:0", "line-lengths must be whole numbers from 1"),
+])
+def test_evaluate_refuses_bad_form_settings(zh_run, capsys, setting, needle):
+    fails(["evaluate", "--checkpoint", zh_run, "--prefix", "春风", "--decoding", setting], capsys, needle)
+
+
+def test_the_copy_guard_default_follows_the_script(zh_run, en_run):
+    """7 characters for Chinese; for English about three words (7 would split its words)."""
+    from charlm.generate.copyguard import guard_path, load_guard, run_max_copy
+    from charlm.run.checkpoint import open_checkpoint
+
+    for run, want in ((zh_run, 7), (en_run, 16)):
+        assert run_max_copy(open_checkpoint(run, "cpu").payload) == want
+        assert load_guard(guard_path(run / "best.pt")).n == want  # the index training wrote is the default's
+
+
+def test_the_page_uses_the_run_s_copy_guard_default(en_run):
+    """The server's default span is the run's (16 for English), in its defaults and when a request gives none."""
+    pytest.importorskip("starlette")
+    from charlm.web.engine import Engine
+    from charlm.web.fields import parse_request
+
+    engine = Engine(en_run / "best.pt")
+    assert engine.max_copy == 16 and engine.describe()["defaults"]["max_copy"] == 16
+    assert parse_request({"prefix": "the "}, engine.vocab, max_copy=engine.max_copy).max_copy == 16
+    assert parse_request({"prefix": "the ", "max_copy": 5}, engine.vocab, max_copy=engine.max_copy).max_copy == 5

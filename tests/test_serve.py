@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("starlette", reason="the web extra is not installed: pip install -e '.[web]'")
 pytest.importorskip("uvicorn", reason="the web extra is not installed: pip install -e '.[web]'")
@@ -42,7 +43,7 @@ def engine(tiny_run):
 
 @pytest.fixture(scope="module")
 def client(engine):
-    with TestClient(create_app(engine)) as c:
+    with TestClient(create_app(engine), base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -124,7 +125,8 @@ def test_defaults_follow_generate(client):
 
     d = post(client, prefix="分开").json()["decoding"]
     assert d["strategy"] == "sample" and d["temperature"] == defaults.TEMPERATURE and d["top_p"] == defaults.TOP_P
-    assert d["max_copy"] == defaults.MAX_COPY and d["length"] == defaults.LENGTH and d["song_end"]
+    assert d["max_copy"] == defaults.MAX_COPY and d["song_end"]
+    assert d["stop_after"] == defaults.LENGTH and d["length"] == defaults.LENGTH + defaults.LINE_END_MARGIN
     assert not post(client, prefix="分开", length=50).json()["decoding"]["song_end"]  # a length given runs on
 
 
@@ -163,31 +165,31 @@ BAD_BODIES = [
     ({"prefix": "分开", "length": -1}, "length"),
     ({"prefix": "分开", "length": 10**9}, "length"),
     ({"prefix": "分开", "top_p": 7}, "top_p"),
-    ({"prefix": 5}, "prefix must be a string"),
-    ({"prefix": "分开", "temperature": "hot"}, "temperature must be a number"),
-    ({}, "prefix is missing"),
-    ({"prefix": None}, "prefix is missing"),
-    ({"prefix": ""}, "prefix is empty"),
+    ({"prefix": 5}, "Prefix (prefix) must be a string"),
+    ({"prefix": "分开", "temperature": "hot"}, "(temperature) must be a number"),
+    ({}, "(prefix) is missing"),
+    ({"prefix": None}, "(prefix) is missing"),
+    ({"prefix": ""}, "Prefix is empty"),
     ({"prefix": "分" * 201}, "at most 200"),
     ({"prefix": "分€开"}, "'€'"),
     ({"prefix": "€", "unknown": "skip"}, "nothing is left"),
-    ({"prefix": "分开", "unknown": "ignore"}, "unknown must be"),
+    ({"prefix": "分开", "unknown": "ignore"}, "unknown characters (unknown) must be"),
     ({"prefix": "分开", "num_samples": 0}, "num_samples"),
     ({"prefix": "分开", "num_samples": 1000}, "num_samples"),
     ({"prefix": "分开", "top_p": 0}, "top_p"),
     ({"prefix": "分开", "top_k": -1}, "top_k"),
-    ({"prefix": "分开", "top_k": 2.5}, "top_k must be an integer"),
-    ({"prefix": "分开", "length": True}, "length must be an integer"),
-    ({"prefix": "分开", "length": "100"}, "length must be an integer"),
+    ({"prefix": "分开", "top_k": 2.5}, "only the k likeliest (top_k) must be an integer"),
+    ({"prefix": "分开", "length": True}, "characters (length) must be an integer"),
+    ({"prefix": "分开", "length": "100"}, "characters (length) must be an integer"),
     ({"prefix": "分开", "temperature": 0}, "temperature"),
     ({"prefix": "分开", "repetition_penalty": -1}, "repetition_penalty"),
     ({"prefix": "分开", "strategy": "wild"}, "strategy"),
-    ({"prefix": "分开", "strategy": "greedy", "temperature": 0.5}, "temperature applies to strategy 'sample'"),
+    ({"prefix": "分开", "strategy": "greedy", "temperature": 0.5}, "randomness (temperature) applies to sampling only"),
     ({"prefix": "分开", "strategy": "beam"}, "num_beams"),
     ({"prefix": "分开", "strategy": "greedy", "num_samples": 2}, "would repeat it"),
-    ({"prefix": "分开", "num_beams": 2, "num_samples": 3}, "at most num_beams"),
-    ({"prefix": "分开", "num_beams": 99}, "num_beams must be at most"),
-    ({"prefix": "分开", "num_beams": 2, "top_k": 3}, "top_k applies"),
+    ({"prefix": "分开", "num_beams": 2, "num_samples": 3}, "at most beams (num_beams)"),
+    ({"prefix": "分开", "num_beams": 99}, "beams (num_beams) must be at most"),
+    ({"prefix": "分开", "num_beams": 2, "top_k": 3}, "(top_k) applies"),
     ({"prefix": "分开", "max_copy": -1}, "max_copy"),
     ({"prefix": "分开", "lines": -2}, "lines"),
     ({"prefix": "分开", "seed": -1}, "seed"),
@@ -209,7 +211,8 @@ def test_bad_request_is_a_400_with_one_line(client, body, fragment):
 def test_malformed_body_and_wrong_routes(client):
     r = client.post("/api/generate", content=b"{prefix: ", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
-    r = client.post("/api/generate", content=b"x" * (RequestLimits().body_bytes + 1))
+    r = client.post("/api/generate", content=b"x" * (RequestLimits().body_bytes + 1),
+                    headers={"content-type": "application/json"})
     assert r.status_code == 413 and "error" in r.json()
     assert client.get("/api/nowhere").json() == {"error": "Not Found"}
     assert client.get("/api/generate").status_code == 405
@@ -217,9 +220,9 @@ def test_malformed_body_and_wrong_routes(client):
 
 @pytest.mark.parametrize("query,fragment", [
     ({"prefix": "分开", "length": "-1"}, "length"),
-    ({"prefix": "分开", "temperature": "hot"}, "temperature must be a number"),
+    ({"prefix": "分开", "temperature": "hot"}, "(temperature) must be a number"),
     ({"prefix": "分开", "top_p": "7"}, "top_p"),
-    ({"length": "10"}, "prefix is missing"),
+    ({"length": "10"}, "(prefix) is missing"),
     ({"prefix": "分开", "colour": "red"}, "unknown field"),
 ])
 def test_bad_stream_request_is_a_400_before_streaming(client, query, fragment):
@@ -256,44 +259,62 @@ def test_stream_of_beam_search_sends_the_beams(client):
 
 # --- concurrency, on a real server -----------------------------------------------------------
 
-class _Gated(Engine):
-    """An engine whose generations wait at a gate, so a test can hold them in flight."""
+class Held(Engine):
+    """An engine whose model waits at a gate (`release`) and records the rows of every call."""
 
-    def __init__(self, path, barrier=None):
+    def __init__(self, path):
         super().__init__(path)
-        self.started, self.release, self.barrier = threading.Event(), threading.Event(), barrier
-
-    def generate(self, req, on_step=None):
-        self.started.set()
-        if self.barrier is not None:
-            self.barrier.wait()  # raises (a 500) unless all the requests run at the same time
-        else:
-            self.release.wait(30)
-        return super().generate(req, on_step)
+        self.release, self.rows = threading.Event(), []
+        self.model.inner = _Gate(self.model.inner, self)
 
 
-def test_16_concurrent_generations_all_succeed_and_run_at_once(tiny_run):
-    engine = _Gated(tiny_run[0] / "best.pt", threading.Barrier(16, timeout=20))
-    with LiveServer(create_app(engine, RequestLimits(workers=16))) as server:
+class _Gate(torch.nn.Module):
+    def __init__(self, inner, engine):
+        super().__init__()
+        self.inner, self.engine = inner, engine
+
+    def forward(self, X, state):
+        self.engine.release.wait(30)
+        self.engine.rows.append(X.shape[0])
+        return self.inner(X, state)
+
+    def begin_state(self, batch_size, device=None):
+        return self.inner.begin_state(batch_size, device)
+
+
+def wait_for(condition, seconds=20):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_16_concurrent_generations_all_succeed_in_one_batch(tiny_run):
+    engine = Held(tiny_run[0] / "best.pt")
+    with LiveServer(create_app(engine)) as server:
         def one(i):
             return httpx.post(server.url + "api/generate", json={"prefix": "分开", "length": 100,
                                                                  "strategy": "sample", "seed": i}, timeout=60)
         with ThreadPoolExecutor(16) as pool:
-            answers = list(pool.map(one, range(16)))
+            answers = [pool.submit(one, i) for i in range(16)]
+            wait_for(lambda: server.app.state.scheduler.in_flight == 16)  # all queued while the model is held
+            engine.release.set()
+            answers = [a.result() for a in answers]
     assert [r.status_code for r in answers] == [200] * 16, [r.text for r in answers if r.status_code != 200][:1]
     assert all(0 < len(r.json()["samples"][0]["text"]) <= 100 for r in answers)
     assert len({r.json()["samples"][0]["text"] for r in answers}) > 1  # 16 seeds, not one answer copied
+    assert max(engine.rows) >= 16  # one model call stepped all of them
 
 
 def test_health_answers_during_a_long_generation(tiny_run):
-    engine = _Gated(tiny_run[0] / "best.pt")
+    engine = Held(tiny_run[0] / "best.pt")
     with LiveServer(create_app(engine)) as server:
         result = {}
         worker = threading.Thread(target=lambda: result.update(r=httpx.post(
             server.url + "api/generate", json={"prefix": "分开", "length": 300}, timeout=60)))
         worker.start()
         try:
-            assert engine.started.wait(20)
+            wait_for(lambda: server.app.state.scheduler.in_flight == 1)
             health = httpx.get(server.url + "api/health", timeout=10)
             assert health.json() == {"status": "ok"}
             assert worker.is_alive() and not engine.release.is_set()  # answered while the generation was held
@@ -304,23 +325,16 @@ def test_health_answers_during_a_long_generation(tiny_run):
 
 
 def test_a_client_leaving_stops_its_generation(tiny_run):
-    steps, done = [], threading.Event()
-
-    class Counting(Engine):
-        def generate(self, req, on_step=None):
-            try:
-                return super().generate(req, lambda idx: (steps.append(1), time.sleep(0.002), on_step(idx)))
-            finally:
-                done.set()
-
-    with LiveServer(create_app(Counting(tiny_run[0] / "best.pt"))) as server:
+    engine = Held(tiny_run[0] / "best.pt")
+    engine.release.set()
+    with LiveServer(create_app(engine)) as server:
         with httpx.stream("GET", server.url + "api/generate/stream", timeout=30,
-                          params={"prefix": "分开", "length": 2000, "max_copy": 0}) as r:
+                          params={"prefix": "分开", "length": 2000, "num_samples": 8, "max_copy": 0}) as r:
             for i, _ in enumerate(r.iter_lines()):
                 if i > 6:
                     break  # leave after a few events
-        assert done.wait(30)
-    assert 0 < len(steps) < 2000
+        wait_for(lambda: server.app.state.scheduler.in_flight == 0)
+    assert 0 < len(engine.rows) < 2000
 
 
 def test_a_bug_is_a_500_with_one_line_not_a_traceback(tiny_run):
@@ -328,7 +342,8 @@ def test_a_bug_is_a_500_with_one_line_not_a_traceback(tiny_run):
         def describe(self, limits=RequestLimits()):
             raise ValueError("boom")
 
-    with TestClient(create_app(Broken(tiny_run[0] / "best.pt")), raise_server_exceptions=False) as c:
+    with TestClient(create_app(Broken(tiny_run[0] / "best.pt")), raise_server_exceptions=False,
+                    base_url="http://127.0.0.1") as c:
         r = c.get("/api/checkpoint")
     assert r.status_code == 500 and r.json() == {"error": "internal error: ValueError: boom"}
 

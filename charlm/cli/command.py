@@ -7,8 +7,11 @@ SIGTERM with 143, `train` first saving its state (see docs/errors.md).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
 import traceback
 
 import click
@@ -23,8 +26,14 @@ def warn(line: str) -> None:
 
 
 def _fail(message: str, code: int = 2):
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {one_line(message)}", err=True)
     sys.exit(code)
+
+
+def one_line(message: str) -> str:
+    """`message` with its line breaks and other control characters escaped (a path may hold them):
+    an error stays one line, and a terminal escape in a file name is shown, not obeyed."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in message)
 
 
 HELP_OPTIONS = ["-h", "--help"]
@@ -47,6 +56,7 @@ class OneLineErrors:
 
     def main(self, args=None, prog_name=None, **extra):
         extra.pop("standalone_mode", None)
+        replace_unencodable()
         argv = list(sys.argv[1:] if args is None else args)
         debug = "--debug" in argv
         try:
@@ -69,6 +79,11 @@ class OneLineErrors:
         except KeyboardInterrupt:
             click.echo("\ninterrupted", err=True)
             sys.exit(130)
+        except Terminated as e:  # SIGTERM, SIGHUP (the terminal closed): nothing to save outside `train`
+            line = f"\nstopped by {signal.Signals(e.signum).name}"
+            _quietly(lambda: click.echo(line, err=True))
+            _quietly(sys.stdout.flush)
+            sys.exit(128 + e.signum)
         except OSError as e:
             if debug:
                 traceback.print_exc()
@@ -82,9 +97,60 @@ class OneLineErrors:
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            with _ending_on_signals(not isinstance(self, click.Group) and self.name not in OWN_SIGNALS):
+                return super().invoke(ctx)
         except BrokenPipeError:
             raise OutputClosed() from None
+
+
+# Commands that handle SIGTERM and SIGHUP themselves: train saves its state (cli/train.py), serve lets its
+# server finish open requests (web/app.py). The others end at once on them, in one line with 128 + signal.
+OWN_SIGNALS = ("serve",)
+ENDING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived; a BaseException, so that no `except Exception` swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _ending_on_signals(enabled: bool):
+    """While the command runs, SIGTERM and SIGHUP raise Terminated (main thread only: where handlers live)."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _raise_terminated) for s in ENDING_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def replace_unencodable() -> None:
+    """Let stdout and stderr write what their encoding lacks as '?' (PYTHONIOENCODING=latin-1, a C locale):
+    a sample of Chinese must not end `generate` with a UnicodeEncodeError, nor `train` at a progress line."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+        if encoding.startswith("utf") or not hasattr(stream, "reconfigure"):
+            continue  # every character encodes (or the stream is not a text file: nothing to set)
+        _quietly(lambda: stream.reconfigure(errors="replace"))
+
+
+def _quietly(action) -> None:
+    """Do `action`, ignoring a stream the signal took away (a closed terminal after SIGHUP)."""
+    try:
+        action()
+    except (OSError, ValueError):
+        pass
 
 
 class OutputClosed(Exception):

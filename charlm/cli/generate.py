@@ -16,6 +16,7 @@ from charlm import defaults
 from charlm.cli.command import Command, warn
 from charlm.cli.options import checkpoint_option, device_option, explicit_params
 from charlm.errors import CharlmError
+from charlm.forms.template import DEFAULT_CANDIDATES
 from charlm.models.limits import MAX_LENGTH
 
 # `generate --interactive` in a terminal: said once at the start
@@ -35,9 +36,10 @@ def _is_terminal(stream) -> bool:
               help="Text to continue (repeat the flag for several). Default: the run's own first prefix "
                    "(分开 for the lyrics; for a corpus without it, a common opening of its lines).")
 @click.option("--length", type=click.IntRange(min=0), default=None,
-              help=f"Characters to generate. Default: at most {defaults.LENGTH} ({defaults.LINES_LENGTH} with "
-                   "--lines), stopping at the end of a song (a blank line); given, exactly that many (fewer only "
-                   "with --lines), running on through the ends of songs.")
+              help=f"Characters to generate. Default: about {defaults.LENGTH}, ending at the end of a song or at the "
+                   f"first line end past {defaults.LENGTH} characters, never mid-line (up to {defaults.LINES_LENGTH} "
+                   "with --lines); given, exactly that many (fewer only with --lines), running on through the ends "
+                   "of songs.")
 @click.option("--lines", type=click.IntRange(min=0), default=0, show_default=True,
               help="Stop once the text (prefix included) has this many lines (0 = no limit).")
 @click.option("--form", "form_name", default=None, metavar="NAME",
@@ -55,12 +57,16 @@ def _is_terminal(stream) -> bool:
 @click.option("--rhyme", default=None, metavar="CLASS",
               help="The first rhyme's class: a 十三辙 group (江阳), a character of it (光) or an English word "
                    "(day); default: the model's most probable.")
-@click.option("--candidates", type=click.IntRange(1, 32), default=4, show_default=True,
+@click.option("--sections", default=None, metavar="verse:4,chorus:4,verse:4,chorus",
+              help="A song in sections, one blank line apart: name:lines writes a new section, a name alone "
+                   "repeats the section of that name verbatim (a chorus).")
+@click.option("--candidates", type=click.IntRange(1, 32), default=DEFAULT_CANDIDATES, show_default=True,
               help="Under a form: samples drawn per requested one, in the same batch; the most probable "
                    "(log-probability per character) is kept.")
-@click.option("--max-copy", type=click.IntRange(min=0), default=defaults.MAX_COPY, show_default=True,
+@click.option("--max-copy", type=click.IntRange(min=0), default=None,
               help="Copy guard: no span of more than N characters of the corpus in the text, a span begun in "
-                   "the prefix included (0 = off).")
+                   f"the prefix included (0 = off). Default: {defaults.MAX_COPY} for Chinese and other character "
+                   "scripts, 16 (about three words) for alphabetic ones.")
 @click.option("--greedy", is_flag=True,
               help="Arg-max decoding, as in the textbook (the default is sampling: "
                    f"--temperature {defaults.TEMPERATURE} --top-p {defaults.TOP_P}).")
@@ -90,7 +96,7 @@ def _is_terminal(stream) -> bool:
 @device_option
 @click.pass_context
 def generate_command(ctx, checkpoint, prefixes, length, lines, form_name, line_lengths, template, rhyme_scheme, rhyme,
-                     candidates, max_copy, greedy, temperature, top_k, top_p, num_beams,
+                     sections, candidates, max_copy, greedy, temperature, top_k, top_p, num_beams,
                      repetition_penalty, num_samples, seed, fmt, stream, interactive, unknown, device):
     """Continue a prefix with a trained model: sampling with a copy guard (default), arg-max or beam search.
 
@@ -105,6 +111,7 @@ def generate_command(ctx, checkpoint, prefixes, length, lines, form_name, line_l
     """
     from charlm.forms.template import FormRequest, parse_lengths, read_template
     from charlm.generate.request import make_request
+    from charlm.generate.sections import parse_sections
 
     form = FormRequest(form=form_name, line_lengths=parse_lengths(line_lengths),
                        template=read_template(template) if template is not None else None,
@@ -115,11 +122,13 @@ def generate_command(ctx, checkpoint, prefixes, length, lines, form_name, line_l
                        temperature=temperature if "temperature" in given else None,
                        top_k=top_k if "top_k" in given else None, top_p=top_p if "top_p" in given else None,
                        repetition_penalty=repetition_penalty, num_samples=num_samples, length=length, lines=lines,
-                       seed=seed, max_copy=max_copy, unknown=unknown, form=form)
+                       seed=seed, max_copy=max_copy, unknown=unknown, form=form, sections=parse_sections(sections))
     if interactive and "prefixes" in given:
         raise CharlmError("--interactive reads the prefixes from stdin; drop --prefix")
     if stream and fmt == "jsonl":
         raise CharlmError("--stream prints text as it comes; it cannot be combined with --format jsonl")
+    if stream and req.sections:
+        raise CharlmError("--stream cannot show --sections as they come: a chorus is written once, then repeated")
     if stream and req.strategy == "beam":
         raise CharlmError("--stream cannot follow beam search: the best beam is known only at the end")
     printer = Printer(checkpoint, device, req, fmt, stream, interactive, prefixes)
@@ -139,7 +148,7 @@ class Printer:
         import torch
 
         from charlm.device import pick_device
-        from charlm.generate.copyguard import guard_for_run
+        from charlm.generate.copyguard import guard_for_run, run_max_copy
         from charlm.generate.formed import run_forms
         from charlm.run.checkpoint import default_prefixes, open_checkpoint, training_corpus
 
@@ -152,6 +161,8 @@ class Printer:
         self.title = f"{req.form.form}\n" if titled else ""  # what --stream shows before the body
         # the run's own prefix if none given; a titled form starts with its title alone
         self.prefixes = list(prefixes) or ([""] if titled else default_prefixes(run.payload, run.vocab)[:1])
+        if req.max_copy is None:  # the default suits the run's script
+            req = self.req = replace(req, max_copy=run_max_copy(run.payload))
         self.guard = guard_for_run(run.path, run.payload, req.max_copy,
                                    corpus_loader=lambda: training_corpus(run.payload, log=warn),
                                    log=lambda line: click.echo(line, err=True))
@@ -212,8 +223,14 @@ class Printer:
                     self.header(prefix, i + 1, self.req.num_samples, total)
                     self.stream_one(prefix)
             return
-        samples = run_request(self.model, self.vocab, self.req, batch, self.generator, self.dev, guard=self.guard,
-                              forms=self.forms)
+        if self.req.sections:
+            from charlm.generate.sections import write_songs
+
+            samples = write_songs(self.model, self.vocab, self.req, batch, self.generator, self.dev, guard=self.guard,
+                                  forms=self.forms)
+        else:
+            samples = run_request(self.model, self.vocab, self.req, batch, self.generator, self.dev,
+                                  guard=self.guard, forms=self.forms)
         self.gave_way += sum(s.gave_way for s in samples)
         n = self.req.num_samples
         for k, s in enumerate(samples):
@@ -262,7 +279,11 @@ def _answer_lines(printer: Printer, stdin) -> bool:
     while True:
         if prompt:
             click.echo("prefix> ", nl=False, err=True)
-        line = stdin.readline(MAX_LENGTH + 1)  # bounded: stdin may be a file without line breaks (/dev/zero)
+        try:
+            line = stdin.readline(MAX_LENGTH + 1)  # bounded: stdin may be a file without line breaks (/dev/zero)
+        except UnicodeDecodeError as e:  # a strict stdin (PYTHONIOENCODING=utf-8:strict): the rest cannot be read
+            raise CharlmError(f"stdin is not valid {e.encoding} (byte 0x{e.object[e.start]:02x}); "
+                              f"give the prefixes in {e.encoding}") from None
         if len(line) > MAX_LENGTH and not line.endswith("\n"):
             raise CharlmError(f"a line of stdin is longer than {MAX_LENGTH:,} characters; give one prefix per line")
         if not line:
@@ -277,6 +298,7 @@ def _answer_lines(printer: Printer, stdin) -> bool:
                 continue
             line = last
         try:
+            _check_decoded(line, stdin)
             printer.answer([printer.clean(line)], printer.req.num_samples)
             last = line
         except CharlmError as e:  # one bad line does not end the session
@@ -285,3 +307,13 @@ def _answer_lines(printer: Printer, stdin) -> bool:
             failed = True
     printer.tell_gave_way()
     return not failed
+
+
+def _check_decoded(line: str, stdin) -> None:
+    """Refuse a line whose bytes were not valid in stdin's encoding (kept as surrogates \\udc80-\\udcff by
+    Python's surrogateescape), rather than calling them characters the model never saw."""
+    bad = next((c for c in line if "\udc80" <= c <= "\udcff"), None)
+    if bad is not None:
+        encoding = getattr(stdin, "encoding", None) or "utf-8"
+        raise CharlmError(f"this line of stdin is not valid {encoding} (byte 0x{ord(bad) - 0xdc00:02x}); "
+                          f"give the prefixes in {encoding}")

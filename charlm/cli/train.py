@@ -1,6 +1,6 @@
 """`charlm train`: parse the flags, start the run (charlm/train/start.py), train, print, map the ending to a status.
 
-Ctrl-C or SIGTERM saves the state and exits with 128 + the signal; a closed stdout (`| head`) stops the
+Ctrl-C, SIGTERM or SIGHUP saves the state and exits with 128 + the signal; a closed stdout (`| head`) stops the
 run as a signal would, its epoch saved (see docs/errors.md).
 """
 
@@ -22,14 +22,15 @@ from charlm.errors import CharlmError
 
 
 class StopOnSignal:
-    """Ctrl-C or SIGTERM during training: the first asks the trainer to save its state and stop, a second exits at once.
+    """Ctrl-C, SIGTERM or SIGHUP (the terminal closed) during training: the first asks the trainer to save
+    its state and stop, a second exits at once.
 
     Exiting at once is safe: checkpoints are replaced by an atomic rename, so a
     save cut short leaves only a temporary file, which the next run removes.
     Call the object to ask whether a stop was requested.
     """
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self):
         self.signum: int | None = None
@@ -45,10 +46,10 @@ class StopOnSignal:
 
     def _handle(self, signum, frame):
         if self.signum is not None:
-            os.write(2, b"\nsecond interrupt: exiting now; the checkpoints on disk are intact\n")
+            _say(b"\nsecond interrupt: exiting now; the checkpoints on disk are intact\n")
             os._exit(128 + signum)
         self.signum = signum
-        os.write(2, b"\ninterrupt: saving the current state after this minibatch (interrupt again to quit at once)\n")
+        _say(b"\ninterrupt: saving the current state after this minibatch (interrupt again to quit at once)\n")
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
@@ -62,6 +63,14 @@ class StopOnSignal:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous.clear()
+
+
+def _say(line: bytes) -> None:
+    """Write to stderr from a signal handler; after SIGHUP the terminal may be gone, and that must not stop the save."""
+    try:
+        os.write(2, line)
+    except OSError:
+        pass
 
 
 @click.command("train", cls=Command)
@@ -86,8 +95,10 @@ def train_command(ctx, resume, overwrite, **values):
     click.echo(f"best validation perplexity {result.best_val_ppl:.3f} at epoch {result.best_epoch}; "
                f"checkpoints in {run.run_dir}/ (best.pt, last.pt)")
     hint_prefix = run.config.prefixes[0] if run.config.prefixes else "分开"
-    click.echo(f"generate with: charlm generate --checkpoint {shlex.quote(str(run.run_dir))} "
-               f"--prefix {shlex.quote(hint_prefix)}")
+    # a titled corpus's prefix is a title and its line break (浣溪沙\n): its form says the same on one line
+    hint = (f"--form {shlex.quote(hint_prefix[:-1])}" if hint_prefix.endswith("\n")
+            else f"--prefix {shlex.quote(hint_prefix)}")
+    click.echo(f"generate with: charlm generate --checkpoint {shlex.quote(str(run.run_dir))} {hint}")
     run.group.exit_now(0)  # under torchrun: exit now, skipping a teardown that can abort (see distributed.py)
 
 
@@ -158,11 +169,14 @@ def _train(run):
 def _stopped(run, e, stop: StopOnSignal, resume_command: str) -> None:
     """A signal (or a closed stdout) stopped training with its state saved: say how to resume, and exit."""
     group = run.group
-    if group.is_main and stop.signum == signal.SIGPIPE:
-        click.echo(f"stdout was closed (broken pipe): stopped; the state is saved in {e.path}; "
-                   f"resume with: {resume_command}", err=True)
-    elif group.is_main:
-        click.echo(f"{e}\nresume with: {resume_command}", err=True)
+    try:  # after SIGHUP stderr may be a closed terminal: the state is saved either way
+        if group.is_main and stop.signum == signal.SIGPIPE:
+            click.echo(f"stdout was closed (broken pipe): stopped; the state is saved in {e.path}; "
+                       f"resume with: {resume_command}", err=True)
+        elif group.is_main:
+            click.echo(f"{e}\nresume with: {resume_command}", err=True)
+    except OSError:
+        pass
     code = 128 + (stop.signum or signal.SIGINT)
     if run.lock is not None:
         run.lock.release()
@@ -170,6 +184,9 @@ def _stopped(run, e, stop: StopOnSignal, resume_command: str) -> None:
         sys.exit(code)
     # Everything is saved: skip the interpreter's teardown, during which another signal would kill
     # the process without this status or print a KeyboardInterrupt traceback from an atexit hook.
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
     os._exit(code)

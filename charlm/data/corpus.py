@@ -6,7 +6,10 @@ reported as a CharlmError that says what to do.
 
 from __future__ import annotations
 
+import codecs
+import errno
 import gzip
+import io
 import os
 import shutil
 import stat
@@ -83,20 +86,21 @@ def _too_big(name: str) -> CharlmError:
                        f"train on a part of it (e.g. head -c 500M FILE > part.txt)")
 
 
-def _decode(raw: bytes, encoding: str, name: str) -> str:
+def _decode(raw: bytes, encoding: str, name: str, cut: bool = False) -> str:
+    """`raw` as text; `cut`: the bytes stop where --max-chars stopped reading, maybe inside a character."""
     if raw[:2] == GZIP_MAGIC or raw[:4] == ZIP_MAGIC:  # a compressed file under a text name: say so, do not blame the encoding
         kind, ext = ("gzip", ".gz") if raw[:2] == GZIP_MAGIC else ("zip", ".zip")
         raise CharlmError(f"{name} holds {kind}-compressed data, not text; name it with {ext} (charlm then "
                           "decompresses it) or decompress it first")
-    try:
-        text = raw.decode(encoding)
+    try:  # a cut read leaves the bytes of an unfinished last character to the incremental decoder
+        text = codecs.getincrementaldecoder(encoding)().decode(raw, final=False) if cut else raw.decode(encoding)
     except LookupError:
         raise CharlmError(f"unknown --encoding {encoding!r}; try utf-8, gbk or latin-1") from None
     except UnicodeDecodeError as e:
         hint = ""
         if encoding.lower().replace("-", "") in ("utf8", "utf8sig"):
             try:
-                raw.decode("gb18030")
+                raw.decode("gb18030") if not cut else codecs.getincrementaldecoder("gb18030")().decode(raw)
                 hint = "; it looks like Chinese in GBK: add --encoding gbk"
             except UnicodeDecodeError:
                 hint = "; pass --encoding with the file's encoding"
@@ -113,29 +117,36 @@ def _decode(raw: bytes, encoding: str, name: str) -> str:
     return text
 
 
-def _read_zip(path: Path, member: str | None) -> tuple[bytes, str]:
+def _some(names: list[str], shown: int = 5) -> str:
+    """'a.txt, b.txt, c.txt' or, for many, the first `shown` and how many more (an error stays one short line)."""
+    if len(names) <= shown + 1:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown])} and {len(names) - shown:,} more"
+
+
+def _read_zip(path: Path, member: str | None, max_chars: int = 0, encoding: str = "utf-8") -> tuple[bytes, bool, str]:
     try:
         with zipfile.ZipFile(path) as zf:
             names = [n for n in zf.namelist() if not n.endswith("/") and not n.startswith("__MACOSX")]
             if member is not None:
                 if member not in names:
-                    raise CharlmError(f"{path} has no member {member!r}; it holds: {', '.join(names) or 'nothing'}")
+                    raise CharlmError(f"{path} has no member {member!r}; it holds: {_some(names) or 'nothing'}")
             else:
                 texts = [n for n in names if n.lower().endswith(".txt")] or names
                 if not texts:
                     raise CharlmError(f"{path} holds no text file")
                 if len(texts) > 1:
-                    raise CharlmError(f"{path} holds several files ({', '.join(texts)}); choose one with --member NAME")
+                    raise CharlmError(f"{path} holds several files ({_some(texts)}); choose one with --member NAME")
                 member = texts[0]
             info = zf.getinfo(member)
             if info.flag_bits & 0x1:
                 raise CharlmError(f"{path}:{member} is encrypted (password-protected); unzip it with its password "
                                   "and pass the text file with --corpus")
-            if info.file_size > MAX_BYTES:
+            if info.file_size > MAX_BYTES and not max_chars:
                 raise _too_big(f"{path}:{member}")
             try:
                 with zf.open(member) as f:
-                    raw = f.read(MAX_BYTES + 1)
+                    raw, cut = _read_bounded(f, max_chars, encoding)
             except NotImplementedError as e:  # e.g. a compression method zipfile does not know (deflate64, ppmd)
                 raise CharlmError(f"{path}:{member} uses a compression method charlm cannot read ({e}); "
                                   "re-zip it with plain deflate or unzip it and pass the text file") from None
@@ -143,45 +154,127 @@ def _read_zip(path: Path, member: str | None) -> tuple[bytes, str]:
                 raise CharlmError(f"{path}:{member} cannot be read ({e}); unzip it and pass the text file") from None
             if len(raw) > MAX_BYTES:
                 raise _too_big(f"{path}:{member}")
-            return raw, f"{path}:{member}"
+            return raw, cut, f"{path}:{member}"
     except (zipfile.BadZipFile, zlib.error, EOFError) as e:
         raise CharlmError(f"{path} is not a readable zip file ({e}); re-download it") from None
 
 
-def read_text(path: str | Path, member: str | None = None, encoding: str = "utf-8",
-              what: str = "corpus", flag: str = "--corpus") -> str:
-    """The decoded text of a .txt, .gz or .zip file (with `member` choosing inside a zip).
+def _read_bounded(f, max_chars: int, encoding: str) -> tuple[bytes, bool]:
+    """At most MAX_BYTES + 1 bytes of `f`; with `max_chars`, stop once they surely hold that many characters.
 
-    `what` and `flag` name the file in messages (e.g. "text", "--text" for `evaluate --text`).
-    At most MAX_BYTES are read; devices (/dev/zero) are refused, pipes read up to that bound.
+    A character takes at most 4 bytes in the encodings charlm reads (utf-8, gbk, gb18030, latin-1),
+    and line endings shrink by at most half ("\\r\\n" -> "\\n"), so 8 x max_chars bytes (+ a BOM)
+    always hold the first max_chars characters: a huge compressed corpus is not decompressed whole.
+    Returns (bytes, whether reading stopped there, perhaps inside a character).
     """
-    path = Path(path)
+    if not max_chars or not _cuttable(encoding) or 8 * max_chars + 4 > MAX_BYTES:
+        return f.read(MAX_BYTES + 1), False
+    raw = f.read(8 * max_chars + 4)
+    return raw, len(raw) == 8 * max_chars + 4
+
+
+# Encodings of at most 4 bytes a character whose incremental decoder can stop anywhere; others
+# (unicode_escape, utf-7: a character may take 10 bytes) are read whole before --max-chars cuts them.
+CUTTABLE = ("utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be",
+            "gbk", "gb2312", "gb18030", "big5", "latin-1", "iso8859-1", "ascii", "cp1252", "shift_jis", "euc_jp")
+
+
+def _cuttable(encoding: str) -> bool:
+    try:
+        return codecs.lookup(encoding).name in CUTTABLE
+    except LookupError:
+        return False
+
+
+def _check_readable(path: Path, what: str, flag: str) -> None:
+    """Refuse in words what cannot be read as a file, before anything blocks on it."""
     if not path.exists():
+        if path.is_symlink():
+            try:
+                os.stat(path)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise CharlmError(f"{what} {path} is a symlink loop (a link that leads back to itself); "
+                                      f"pass {flag} with a text file") from None
+            raise CharlmError(f"{what} {path} is a symlink to {os.readlink(path)}, which does not exist; "
+                              f"pass {flag} with a text file") from None
         raise CharlmError(f"{what} {path} does not exist; pass {flag} with a text file")
     if path.is_dir():
         raise CharlmError(f"{what} {path} is a directory; pass {flag} with a text file inside it")
     mode = path.stat().st_mode
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
         raise CharlmError(f"{what} {path} is a device, not a text file; pass {flag} with a text file")
-    if stat.S_ISREG(mode) and path.suffix.lower() not in (".gz", ".zip") and path.stat().st_size > MAX_BYTES:
+
+
+def _open_pipe(path: Path, what: str, flag: str):
+    """A FIFO opened for reading without waiting for a writer; one with no writer is refused (reading it
+    would block for ever). A pipe that has one (`<(zcat big.gz)`, /dev/stdin) is read as usual."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        first = os.read(fd, 65536)
+    except BlockingIOError:  # a writer is there, nothing written yet: wait for it as a blocking read would
+        first = b""
+    else:
+        if not first:
+            os.close(fd)
+            raise CharlmError(f"{what} {path} is a named pipe (FIFO) with nothing writing to it; start the "
+                              f"writer first, or pass {flag} with a text file")
+    os.set_blocking(fd, True)
+    return io.BufferedReader(_Prefixed(first, os.fdopen(fd, "rb", buffering=0)))
+
+
+class _Prefixed(io.RawIOBase):
+    """A raw stream that yields `first` (bytes already read) and then the rest of `f`."""
+
+    def __init__(self, first: bytes, f):
+        self.first, self.f = first, f
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.first:
+            n = min(len(buffer), len(self.first))
+            buffer[:n], self.first = self.first[:n], self.first[n:]
+            return n
+        return self.f.readinto(buffer)
+
+    def close(self) -> None:
+        self.f.close()
+        super().close()
+
+
+def read_text(path: str | Path, member: str | None = None, encoding: str = "utf-8",
+              what: str = "corpus", flag: str = "--corpus", max_chars: int = 0) -> str:
+    """The decoded text of a .txt, .gz or .zip file (with `member` choosing inside a zip).
+
+    `what` and `flag` name the file in messages (e.g. "text", "--text" for `evaluate --text`).
+    At most MAX_BYTES are read, and with `max_chars` only as many as that many characters need;
+    devices (/dev/zero) and FIFOs without a writer are refused, pipes read up to that bound.
+    """
+    path = Path(path)
+    _check_readable(path, what, flag)
+    mode = path.stat().st_mode
+    if stat.S_ISREG(mode) and path.suffix.lower() not in (".gz", ".zip") and path.stat().st_size > MAX_BYTES \
+            and not max_chars:
         raise _too_big(str(path))
     if member is not None and path.suffix.lower() != ".zip":
         raise CharlmError(f"--member chooses a file inside a .zip, and {path} is not one; drop --member")
     name = str(path)
     if path.suffix.lower() == ".zip":
-        raw, name = _read_zip(path, member)
+        raw, cut, name = _read_zip(path, member, max_chars, encoding)
     elif path.suffix.lower() == ".gz":
         try:
             with gzip.open(path, "rb") as f:
-                raw = f.read(MAX_BYTES + 1)
+                raw, cut = _read_bounded(f, max_chars, encoding)
         except (OSError, EOFError, zlib.error) as e:
             raise CharlmError(f"{path} is not a readable gzip file ({e})") from None
     else:
-        with open(path, "rb") as f:  # bounded: a pipe or FIFO may never end
-            raw = f.read(MAX_BYTES + 1)
+        with (_open_pipe(path, what, flag) if stat.S_ISFIFO(mode) else open(path, "rb")) as f:
+            raw, cut = _read_bounded(f, max_chars, encoding)  # bounded: a pipe may never end
     if len(raw) > MAX_BYTES:
         raise _too_big(name)
-    text = _decode(raw, encoding, name)
+    text = _decode(raw, encoding, name, cut)
     if text.startswith("\ufeff"):
         text = text[1:]
     if not text.strip():
@@ -244,7 +337,8 @@ def load_corpus(config, log=None) -> Corpus:
     """Resolve, read, prepare, encode and split the corpus named by a Config (`log` gets warnings)."""
     path = resolve_corpus(config.corpus, log)
     key = corpus_key(path, config)  # stat and hash before reading: see data/cache.py
-    text = prepare_text(read_text(path, config.member, config.encoding), config.newlines, config.max_chars)
+    text = prepare_text(read_text(path, config.member, config.encoding, max_chars=config.max_chars),
+                        config.newlines, config.max_chars)
     encoded = load_encoded(key, text)  # reused from the cache when the file and options are unchanged
     train, val = split(np.asarray(encoded.indices, dtype=np.int64), config.val_fraction)
     return Corpus(text, encoded.vocab, train, val, str(path), encoded.fingerprint)

@@ -279,6 +279,17 @@ def _cut(text: str, max_chars: int) -> str:
     return text[:cut] if cut > 0 else text
 
 
+def _units(script: str | None, lines: list[str]) -> str:
+    spaced = 2 * sum(" " in line for line in lines) > len(lines)
+    return "words" if script == "en" or (script is None and spaced) else "chars"
+
+
+def units_of(text: str, max_chars: int = 200_000) -> str:
+    """"words" for an alphabetic text (English, Greek ...: words are spaced), "chars" for Chinese and the like."""
+    text = text[:max_chars]
+    return _units(script_of(text), [line for line in text.splitlines() if line.strip()])
+
+
 def learn_forms(text: str, max_chars: int = 3_000_000) -> CorpusForms:
     """Measure the forms of a corpus (see the module docstring); reads at most `max_chars` of it."""
     text = _cut(text.replace("\r\n", "\n").replace("\r", "\n"), max_chars)
@@ -291,8 +302,7 @@ def learn_forms(text: str, max_chars: int = 3_000_000) -> CorpusForms:
     else:
         titles, bodies = [], pieces
     lines = [line for b in bodies for line in b]
-    spaced = 2 * sum(" " in line for line in lines) > len(lines)
-    units = "words" if script == "en" or (script is None and spaced) else "chars"
+    units = _units(script, lines)
 
     chars = set(text)
     layout = {c for c in chars if c != SLOT and (c.isspace() or _is_punct(c))}  # kept as is in templates

@@ -26,9 +26,11 @@ FREE = "X"
 MAX_LINES = 64
 MAX_LINE_LENGTH = 200  # characters (character scripts) or words (alphabetic)
 DEFAULT_LINES = 4  # rhyme asked without a line count or a form
-DEFAULT_CANDIDATES = 4  # samples drawn per requested one under a form; the most probable is kept
+DEFAULT_CANDIDATES = 8  # samples drawn per requested one under a form; the most probable is kept (docs/forms.md)
 DEFAULT_SONG_LINES = 8  # lines of a sample when the corpus's own form is the default
 MIN_LINES_TO_JUDGE = 200  # a corpus with fewer lines cannot show that it rhymes: no default form
+FLEX = 3  # a drawn line length n lets the line end anywhere from n - FLEX to n + FLEX characters
+SHORT_LINE = 4  # ... but not below this (nor below n): 1-3 character lines are fragments
 
 
 def is_punct(ch: str) -> bool:
@@ -106,6 +108,7 @@ class LinePlan:
     slots: str = ""  # e.g. "_______，_______。": `_` slots, other characters fixed
     words: int = 0
     rhyme: str = FREE
+    shortest: int = 0  # a flexible line may end after this many slots (0: exactly at its length)
 
 
 @dataclass
@@ -126,7 +129,12 @@ class Plan:
     def describe(self) -> dict:
         """What jsonl and the page report about the form of a sample."""
         return {"name": self.name, "units": self.units, "scheme": self.scheme,
-                "lines": [line.slots if self.units == "chars" else line.words for line in self.lines]}
+                "lines": [self._line(line) for line in self.lines]}
+
+    def _line(self, line: LinePlan):
+        if self.units == "words":
+            return line.words
+        return line.slots if not line.shortest else f"{line.shortest}-{len(line.slots)}"
 
 
 def letters_for(scheme: str | None, n: int) -> str:
@@ -202,8 +210,15 @@ def make_plans(req: FormRequest, forms, script: str | None, prefix: str, lines: 
             lengths = list(req.line_lengths) or forms.sample_lengths(n, rng)
             lengths = _fit_first_line(lengths, prefix, units, bool(req.line_lengths))
             letters = letters_for(scheme or default_scheme, n)
-            body = [LinePlan(slots=SLOT * k, rhyme=r) if units == "chars" else LinePlan(words=k, rhyme=r)
-                    for k, r in zip(lengths, letters)]
+            if units == "words":
+                body = [LinePlan(words=k, rhyme=r) for k, r in zip(lengths, letters)]
+            elif req.line_lengths:
+                body = [LinePlan(slots=SLOT * k, rhyme=r) for k, r in zip(lengths, letters)]
+            else:  # drawn, not asked for: the model chooses where, near the drawn length, the line ends
+                first = len(prefix.split("\n", 1)[0])
+                body = [LinePlan(slots=SLOT * (k + FLEX), rhyme=r,
+                                 shortest=max(min(k, SHORT_LINE), k - FLEX, first + 1 if i == 0 else 1))
+                        for i, (k, r) in enumerate(zip(lengths, letters))]
         plans.append(Plan(body, units, title, name, req.rhyme))
     return plans
 

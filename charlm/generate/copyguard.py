@@ -33,9 +33,24 @@ import torch
 
 from charlm import defaults
 from charlm.errors import CharlmError
+from charlm.models.limits import MAX_LENGTH
 
 FILE_NAME = "copyguard.pt"
 DEFAULT_MAX_COPY = defaults.MAX_COPY  # chosen by measurement: see docs/decoding.md
+# 7 characters is a word and a half of English and splits its words (60% real words on the sonnets
+# against 96% unguarded); 16, about three words, keeps them (95%): benchmarks/forms.py, docs/forms.md
+ALPHABETIC_MAX_COPY = 16
+
+
+def max_copy_for(units: str | None) -> int:
+    """The copy guard's default span for a corpus whose forms count `units` ("words": alphabetic)."""
+    return ALPHABETIC_MAX_COPY if units == "words" else DEFAULT_MAX_COPY
+
+
+def run_max_copy(payload: dict) -> int:
+    """The default span for a checkpoint: by the units of the forms it stores (older ones: characters)."""
+    saved = (payload.get("forms") or {}).get("forms") or {}
+    return max_copy_for(saved.get("units"))
 CHUNK = 1 << 22  # positions hashed at a time while building (32 MiB of uint64 keys)
 _PRIME = np.uint64(0x100000001B3)  # FNV's 64-bit prime: multiplier of the polynomial hash
 
@@ -115,6 +130,9 @@ def build_keys_from_text(text: str, vocab, n: int, chunk: int = CHUNK) -> np.nda
     """`build_keys` of a text, encoding it a chunk at a time (never the whole text's indices at once)."""
     if n < 1:
         raise CharlmError(f"the copy guard needs N >= 1, got {n}")
+    if n > MAX_LENGTH:  # each stream keeps its last N characters: refused before (streams x N) is allocated
+        raise CharlmError(f"--max-copy {n:,} is more than {MAX_LENGTH:,}, the longest sample: a guard that long "
+                          "guards nothing; give a span of a few characters, or 0 to turn the guard off")
     bits, total = _char_bits(len(vocab)), len(text) - n
     return _merge(_chunk_keys(vocab.encode(text[start: min(start + chunk, total) + n]), n, bits)
                   for start in range(0, max(total, 0), chunk))
@@ -200,9 +218,13 @@ def load_guard(path: str | Path) -> CopyGuard | None:
         return None
 
 
-def write_run_guard(run_dir: str | Path, corpus, n: int = DEFAULT_MAX_COPY) -> Path:
+def write_run_guard(run_dir: str | Path, corpus, n: int | None = None) -> Path:
     """Build the index of the whole corpus text (training and validation: the user's file is what must
-    not be recited) and write it to RUN/copyguard.pt, unless a run's index for this corpus is there."""
+    not be recited) and write it to RUN/copyguard.pt, unless a run's index for this corpus is there.
+    `n` None: the default span for the corpus's script (max_copy_for)."""
+    from charlm.forms.extract import units_of
+
+    n = max_copy_for(units_of(corpus.text)) if n is None else n
     path = Path(run_dir) / FILE_NAME
     stored = load_guard(path)
     if stored is None or stored.n != n or stored.fingerprint != corpus.fingerprint:

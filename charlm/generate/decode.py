@@ -191,8 +191,10 @@ def _run_beams(model, group: _Group, K: int, V: int, length: int, penalty: float
     return tokens, logprobs
 
 
-def _run_streams(model, group: _Group, length: int, choose, penalty: float, seen, generator, on_step, rules):
-    """Step every stream of `group` at most `length` times; returns (tokens, logprobs), both (streams, steps)."""
+def _run_streams(model, group: _Group, length: int, choose, penalty: float, seen, generator, on_step, rules,
+                 choice=None, dims=None):
+    """Step every stream of `group` at most `length` times; returns (tokens, logprobs), both (streams, steps).
+    `choice` (formed.LineChoice) makes a form's candidates continue from the best of them after each line."""
     logits, state = group.logits, group.state
     B, device = logits.shape[0], logits.device
     tokens = torch.zeros(B, length, dtype=torch.long, device=device)
@@ -206,7 +208,16 @@ def _run_streams(model, group: _Group, length: int, choose, penalty: float, seen
         tokens[:, t] = nxt
         if seen is not None:
             seen.scatter_(1, nxt[:, None], True)
+        if choice is not None:
+            choice.before(rules.form)
         keep = rules.step(nxt) if rules is not None else None
+        rows = choice.after(rules.form, logprobs[:, :t + 1], rules.gave_way) if choice is not None else None
+        if rows is not None:  # each candidate continues the best one's text, state and form
+            tokens[:, :t + 1], logprobs[:, :t + 1] = tokens[rows, :t + 1], logprobs[rows, :t + 1]
+            nxt, state = nxt[rows], _select(state, dims, rows)
+            seen = seen[rows] if seen is not None else None
+            rules.reorder(rows.cpu().numpy())
+            keep = rules.alive
         if on_step is not None:
             on_step(nxt if keep is None else nxt.masked_fill(~torch.from_numpy(keep).to(device), -1))
         if keep is not None and not keep.any():
@@ -260,7 +271,9 @@ def generate(model, vocab, prefixes, length: int, decoding: Decoding = Decoding(
             for group in _prime(model, encoded, num_samples * K, dims, device):
                 seen = _seen_mask(encoded, group.rows, len(vocab), device) if penalty != 1.0 else None
                 rules = _group_rules(guard, shape, prefixes, encoded, group.rows, vocab, length, form, K)
-                tokens, logprobs = _run_streams(model, group, length, choose, penalty, seen, generator, on_step, rules)
+                choice = form.line_choice(K) if form is not None and rules is not None else None
+                tokens, logprobs = _run_streams(model, group, length, choose, penalty, seen, generator, on_step, rules,
+                                                choice, dims)
                 for row, s in zip(group.rows, _to_samples(prefixes, group.rows, tokens, logprobs, vocab, rules)):
                     samples.setdefault(row, []).append(s)
             if K > 1:

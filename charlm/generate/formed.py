@@ -14,11 +14,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
+import torch
+
+from charlm.forms.chars_form import MAX_INNER_SPACES
 from charlm.forms.constrain import FormState
 from charlm.forms.rhyme_index import RhymeWords
 from charlm.forms.template import Plan
 from charlm.models.limits import MAX_LENGTH
 
+COPY_COST = 100.0  # nats: a candidate whose form forced a copy past the guard loses to any that did not
 WORD_CHARS_BOUND = 20  # a word (constrain.MAX_WORD letters), its punctuation and its space: a word line's bound
 
 
@@ -48,6 +53,10 @@ class FormJob:
             bodies.append(self.bodies[p])
         return FormState(plans, bodies, vocab, self.words)
 
+    def line_choice(self, K: int) -> "LineChoice | None":
+        """Candidates chosen line by line (LineChoice) when there are several (docs/forms.md measures it)."""
+        return LineChoice(K) if K > 1 else None
+
     def check(self, prefixes: list[str], vocab) -> None:
         """Build the form state of one stream per prefix, so that a bad form fails before anything is printed."""
         self.state(list(range(len(prefixes))), prefixes, vocab, 1)
@@ -56,8 +65,8 @@ class FormJob:
         """Characters enough for the longest plan (its title and prefix come before and do not count)."""
         most = 0
         for plan in self.plans:
-            if plan.units == "chars":
-                n = sum(len(line.slots) + 1 for line in plan.lines)
+            if plan.units == "chars":  # a flexible line may also hold a few spaces between its phrases
+                n = sum(len(line.slots) + 1 + (MAX_INNER_SPACES if line.shortest else 0) for line in plan.lines)
             else:
                 n = sum(line.words * WORD_CHARS_BOUND + 4 for line in plan.lines)
             most = max(most, n)
@@ -67,8 +76,36 @@ class FormJob:
         """Of each run of K candidates (one sample's), the best: complete first, then log-prob per character."""
         def rank(s):
             complete = bool(s.form and s.form.get("complete"))
-            return (complete, s.logprob / max(1, len(s.logprobs)))
+            return (complete, -s.gave_way, s.logprob / max(1, len(s.logprobs)))
         return [max(drawn[i:i + K], key=rank) for i in range(0, len(drawn), K)]
+
+
+class LineChoice:
+    """Line by line, keep the most probable of a sample's K candidates: when all K finish a line at the
+    same step (a template's lines have one length), each continues from the one whose text so far has
+    the highest log-probability. Flexible lines end at different steps, so their candidates run whole."""
+
+    def __init__(self, K: int):
+        self.K, self.lines, self.choices = K, None, 0
+
+    def before(self, state: FormState) -> None:
+        self.lines = np.array([len(x) for x in state.line_classes])
+
+    def after(self, state: FormState, logprobs: torch.Tensor, gave_way=None) -> torch.Tensor | None:
+        """(B,) the rows each stream continues from, or None when no sample finished a line in step.
+        `gave_way` (B,) counts each stream's steps where the copy guard had to give way to the form."""
+        now = np.array([len(x) for x in state.line_classes])
+        ready = torch.from_numpy((now > self.lines).reshape(-1, self.K).all(1)).to(logprobs.device)
+        if not bool(ready.any()):
+            return None
+        self.choices += int(ready.sum())
+        score = logprobs.sum(1)
+        if gave_way is not None:  # a forced character that completed a copy: worse than any weak line
+            score = score - COPY_COST * torch.as_tensor(gave_way, dtype=score.dtype, device=score.device)
+        best = score.view(-1, self.K).argmax(1)  # (S,)
+        base = torch.arange(0, len(now), self.K, device=logprobs.device)
+        keep = base[:, None] + torch.arange(self.K, device=logprobs.device)
+        return torch.where(ready[:, None], (base + best)[:, None].expand_as(keep), keep).reshape(-1)
 
 
 class RunForms:
@@ -110,6 +147,17 @@ def run_forms(payload: dict, text_loader=None) -> RunForms | None:
     return RunForms(CorpusForms.from_dict(saved["forms"]), saved.get("rhyme_words", []))
 
 
+def title_form(forms, prefixes: list[str]) -> str | None:
+    """The named form whose title line every prefix starts with (a Song ci run's default prefix, 浣溪沙 and a
+    line break), or None: without a form flag such a prefix is written in its tune's form."""
+    if not forms.titled or not prefixes:
+        return None
+    title = prefixes[0].split("\n", 1)[0]
+    if not all(p.startswith(title + "\n") for p in prefixes):
+        return None
+    return title if any(f.name == title for f in forms.named) else None
+
+
 def plan_forms(req, run: RunForms | None, prefixes: list[str], vocab, generator) -> tuple[FormJob | None, list[str]]:
     """(the FormJob of a request, the prefixes to prime with: each form's title, then the user's prefix).
 
@@ -129,9 +177,11 @@ def plan_forms(req, run: RunForms | None, prefixes: list[str], vocab, generator)
     if not form.active:  # the corpus's own form, when it has one to lend
         if run is None or not req.shape.song_end:
             return None, prefixes
-        fixed = default_named(run.forms)
+        fixed = default_named(run.forms) or title_form(run.forms, prefixes)
         if fixed is not None:
             form = replace(form, form=fixed)
+            if run.forms.titled:  # the prefix was the title line: the form's own title takes its place
+                prefixes = [p[len(fixed) + 1:] for p in prefixes]
         else:
             scheme = default_scheme(run.forms)
             if scheme is None:

@@ -54,27 +54,39 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
         return logits
     probs = logits.softmax(dim=-1)  # (batch, vocab)
     V = probs.shape[-1]
+    keep = torch.zeros_like(probs, dtype=torch.bool)
+    rows = None  # the rows still to rank (None: all)
     k = min(V, 64)
-    while True:  # rank only the top k (much cheaper than a full sort) unless the nucleus may be wider
-        top, order = probs.topk(k, dim=-1)  # (batch, k), most probable first
+    while True:  # rank only the top k (much cheaper than a full sort) unless a row's nucleus may be wider
+        part = probs if rows is None else probs[rows]
+        top, order = part.topk(k, dim=-1)  # (rows, k), most probable first
         total = top.cumsum(dim=-1)
-        if k == V or bool((total[:, -1] >= p).all()):
-            break
-        k = min(V, 4 * k)
-    keep_sorted = total - top < p  # probability ranked strictly above each character is below p
-    keep = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, order, keep_sorted)
-    return logits.masked_fill(~keep, float("-inf"))
+        keep_sorted = total - top < p  # probability ranked strictly above each character is below p
+        part_keep = torch.zeros_like(part, dtype=torch.bool).scatter_(-1, order, keep_sorted)
+        covered = total[:, -1] >= p if k < V else torch.ones_like(total[:, -1], dtype=torch.bool)
+        # each row is ranked only as widely as its own nucleus needs, whatever the other rows of the batch
+        if rows is None and bool(covered.all()):
+            return logits.masked_fill(~part_keep, float("-inf"))
+        index = torch.arange(len(probs), device=probs.device) if rows is None else rows
+        keep[index[covered]] = part_keep[covered]
+        if bool(covered.all()):
+            return logits.masked_fill(~keep, float("-inf"))
+        rows, k = index[~covered], min(V, 4 * k)
 
 
-def sample_from_logits(logits: torch.Tensor, generator=None) -> torch.Tensor:
+def sample_from_logits(logits: torch.Tensor, generator=None, uniform: torch.Tensor | None = None) -> torch.Tensor:
     """Draw one index per row from softmax(logits): (batch, vocab) -> (batch,).
 
     Inverse-CDF sampling: one uniform number per row, located in the running sum of the
     probabilities (several times faster than torch.multinomial on CPU). Characters of
     probability 0 are never drawn: the search finds the first running sum above u.
+    `uniform` (batch, 1) gives those numbers instead of drawing them from `generator`
+    (a batch of several requests draws each request's rows from its own generator).
     """
     cdf = logits.float().softmax(dim=-1).cumsum(dim=-1)  # (batch, vocab)
-    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf[:, -1:]  # (batch, 1)
+    if uniform is None:
+        uniform = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device)
+    u = uniform * cdf[:, -1:]  # (batch, 1)
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=cdf.shape[-1] - 1)
 
 
@@ -91,13 +103,16 @@ class Sampler:
     top_p: float = 1.0
 
     def __call__(self, logits: torch.Tensor, generator=None) -> torch.Tensor:
+        return sample_from_logits(self.filtered(logits), generator)
+
+    def filtered(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits to draw from: shifted, divided by the temperature, then top-k and top-p (batch, vocab)."""
         shifted = logits - logits.amax(dim=-1, keepdim=True)  # all <= 0: dividing never gives +inf
         if self.temperature < 1e-20:  # would round to 0 in float32 (0/0): the limit keeps only the maxima
             logits = shifted.masked_fill(shifted < 0, float("-inf"))
         else:
             logits = shifted / self.temperature
-        logits = top_p_filter(top_k_filter(logits, self.top_k), self.top_p)
-        return sample_from_logits(logits, generator)
+        return top_p_filter(top_k_filter(logits, self.top_k), self.top_p)
 
 
 # --- one decoding setting, from flags or from a "top-k=5" spec -----------------------------

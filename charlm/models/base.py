@@ -50,6 +50,11 @@ class CharModel(nn.Module):
         return cls.counts_ngrams
 
     @classmethod
+    def fit_recipe(cls, values: dict, config) -> dict:
+        """The auto recipe's `values` made fit for this family under `config` (its own choices; the defaults: none)."""
+        return values
+
+    @classmethod
     def recipe_words(cls, config, order_note: str = "") -> str:
         """How the auto recipe's line names this family under `config` ('gru 128, dropout 0.5')."""
         return f"{config.model} {config.hidden}, dropout {config.dropout:g}"

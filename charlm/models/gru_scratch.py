@@ -7,11 +7,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from charlm.data.vocab import to_onehot
-from charlm.models.scratch_common import check_scratch_config, normal, zeros
+from charlm.models.scratch_common import ScratchRecipe, check_scratch_config, normal, zeros
 from charlm.models.base import CharModel
 
 
-class GRUScratch(CharModel):
+class GRUScratch(ScratchRecipe, CharModel):
     """The textbook GRU, one layer on one-hot input:
 
         Z_t = σ(X_t W_xz + H_{t-1} W_hz + b_z)                 update gate

@@ -7,11 +7,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from charlm.data.vocab import to_onehot
-from charlm.models.scratch_common import check_scratch_config, normal, zeros
+from charlm.models.scratch_common import ScratchRecipe, check_scratch_config, normal, zeros
 from charlm.models.base import CharModel
 
 
-class LSTMScratch(CharModel):
+class LSTMScratch(ScratchRecipe, CharModel):
     """The textbook LSTM, one layer on one-hot input; the state is the pair (H, C):
 
         I_t = σ(X_t W_xi + H_{t-1} W_hi + b_i)         input gate

@@ -76,6 +76,12 @@ class MixtureModel(CharModel):
         return cls(neural, KNModel.from_config(config, vocab_size), getattr(config, "mix_weight", 0.5))
 
     @classmethod
+    def fit_recipe(cls, values: dict, config) -> dict:
+        """The network part's own needs (a scratch network: no embedding, no tying)."""
+        network = NETWORKS.get(getattr(config, "mix_neural", "rnn"))
+        return network.fit_recipe(values, config) if network is not None else values
+
+    @classmethod
     def recipe_words(cls, config, order_note: str = "") -> str:
         mixing = ("mixed by weights fitted per context count" if getattr(config, "mix_fit", None) == "count"
                   else f"mixed at λ {config.mix_weight:g}")

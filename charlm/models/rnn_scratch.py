@@ -8,11 +8,11 @@ from torch import nn
 
 from charlm.models.fastrnn import tanh_recurrence
 from charlm.data.vocab import to_onehot
-from charlm.models.scratch_common import check_scratch_config, normal, zeros
+from charlm.models.scratch_common import ScratchRecipe, check_scratch_config, normal, zeros
 from charlm.models.base import CharModel
 
 
-class RNNScratch(CharModel):
+class RNNScratch(ScratchRecipe, CharModel):
     """H_t = tanh(X_t W_xh + H_{t-1} W_hh + b_h);  O_t = H_t W_hq + b_q.
 
     Two paths give the same numbers: the textbook path (`onehot=True`) multiplies

@@ -31,9 +31,9 @@ from charlm.data.batches import SAMPLERS
 from charlm.data.corpus import Corpus, load_corpus
 from charlm.errors import CharlmError
 from charlm.models import MODELS, build_model
-from charlm.models.limits import check_model_fits, check_order
+from charlm.models.limits import check_length, check_model_fits, check_order
 from charlm.run.checkpoint import load_checkpoint
-from charlm.run.metrics import read_metrics
+from charlm.run.metrics import SUMMARY, read_metrics, read_summary
 from charlm.run.rundir import ensure_writable
 from charlm.train.state import check_resumable
 from charlm.train import loop as trainer  # looked up at each run, so a test can stand in for train()
@@ -210,6 +210,8 @@ def _load_corpus(configs: list[Config], log=None) -> Corpus:
 
 def _check_runnable(configs: list[Config], corpus: Corpus) -> None:
     """Fail before any training when a run could not even start (text too short, bad model settings)."""
+    for length in {c.pred_len for c in configs}:  # the report's continuations would decode for hours
+        check_length(length, flag="--pred-len")
     for key in dict.fromkeys((c.model, c.hidden, c.batch_size, c.num_steps, c.random_offset) for c in configs):
         config = next(c for c in configs if (c.model, c.hidden, c.batch_size, c.num_steps, c.random_offset) == key)
         check_order(config, len(corpus.train))
@@ -253,11 +255,12 @@ def _execute_run(config: Config, corpus: Corpus, run_dir: Path) -> dict:
                                         and payload["corpus"]["fingerprint"] == corpus.fingerprint):
             payload = None
     if payload is None:
-        for name in ("metrics.jsonl", "last.pt", "best.pt"):  # leftovers of a run that never saved an epoch
+        for name in ("metrics.jsonl", "last.pt", "best.pt", SUMMARY):  # leftovers of a run that never saved an epoch
             (run_dir / name).unlink(missing_ok=True)
     # a counting model (kn) saves no optimizer: its one pass is the whole run, there is nothing to resume
     if payload is not None and (payload["epoch"] >= config.epochs or payload["optimizer"] is None):
         summary = {"best_val_ppl": payload["best_val_ppl"], "best_epoch": payload["best_epoch"], "stopped_early": False}
+        summary.update({k: v for k, v in (read_summary(run_dir) or {}).items() if k in summary})  # best.pt's final figure
     else:
         result = trainer.train(config, corpus, run_dir, resume=payload)
         summary = {"best_val_ppl": result.best_val_ppl, "best_epoch": result.best_epoch,

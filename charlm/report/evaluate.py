@@ -13,11 +13,15 @@ import torch
 from charlm.config import Config
 from charlm.data.corpus import prepare_text, read_text
 from charlm.errors import CharlmError
-from charlm.generate.copyguard import DEFAULT_MAX_COPY, CopyGuard
+from charlm.generate.copyguard import CopyGuard, run_max_copy
 from charlm.generate.decode import generate
+from charlm.generate.formed import run_forms
 from charlm.generate.prefix import check_prefix, drop_unknown, dropped_note
 from charlm.generate.sampling import DEFAULT_DECODING, Decoding
+from charlm.generate.request import GenerationRequest, run_request
 from charlm.generate.verse import CLASSIC_PREFIXES, Shape
+from charlm.models.limits import MAX_LENGTH
+from charlm.report.form_rows import Setting, form_columns, line_columns
 from charlm.report.quality import CopyIndex, sample_report
 from charlm.run.checkpoint import default_prefixes, training_corpus
 from charlm.train.validate import perplexity as carried_perplexity
@@ -40,6 +44,11 @@ COLUMNS = (
     ("longest_copy_unguarded", "longest copy, no guard", "{}"),
     ("copied_fraction_unguarded", "copied, no guard", "{:.3f}"),
     ("mean_logprob_unguarded", "log-prob/char, no guard", "{:.3f}"),
+    ("adjacent_rhyme", "adjacent rhyme", "{:.1%}"),
+    ("short_lines", "1-3 char lines", "{:.1%}"),
+    ("format_accuracy", "format", "{:.1%}"),
+    ("rhyme_accuracy", "rhyme", "{:.1%}"),
+    ("fluency_cost", "fluency cost", "{:+.3f}"),
 )
 
 
@@ -67,58 +76,85 @@ def perplexity_on(model, indices, device=None) -> float:
     return carried_perplexity(model, indices, device)
 
 
-def decoding_rows(model, vocab, training_text: str | CopyIndex, decodings: list[Decoding], prefixes, num_samples: int,
+def decoding_rows(model, vocab, training_text: str | CopyIndex, decodings: list, prefixes, num_samples: int,
                   length: int, seed: int = 0, device=None, min_copy: int = MIN_COPY,
-                  guard: CopyGuard | None = None, shape: Shape = Shape()) -> list[dict]:
-    """One row of sample-quality measures per decoding setting.
+                  guard: CopyGuard | None = None, shape: Shape = Shape(), forms=None) -> list[dict]:
+    """One row of sample-quality measures per decoding setting (a Decoding, or a form_rows.Setting).
 
     Each sampling setting draws `num_samples` continuations of `length` characters per prefix (all
     in one batch, its own generator seeded with `seed`, so rows do not depend on their order);
     greedy and beam search are deterministic, so they give one continuation per prefix. Only the
     continuation is measured: the prefix is copied from the training text on purpose. With a
     `guard`, every setting is run twice, with the copy guard and without it (the `_unguarded`
-    columns), from the same seed.
+    columns), from the same seed. A setting with a form needs the run's `forms`
+    (generate.formed.RunForms); its samples are as long as the form makes them.
     """
     copy_index = training_text if isinstance(training_text, CopyIndex) else CopyIndex(training_text)
     device = device or next(model.parameters()).device
     prefixes = list(prefixes)
     for p in prefixes:
         check_prefix(p, vocab)
+    settings = [d if isinstance(d, Setting) else Setting(d) for d in decodings]
+    script, units = (forms.forms.script, forms.forms.units) if forms is not None else (None, "chars")
 
-    def measure(decoding: Decoding, with_guard) -> tuple[dict, list]:
+    def measure(setting: Setting, with_guard, formed: bool = True, chars: int = length) -> tuple[dict, list]:
         generator = torch.Generator(device=device).manual_seed(seed)
-        n = 1 if decoding.deterministic else num_samples
-        samples = generate(model, vocab, prefixes, length, decoding, n, generator, device,
-                           guard=with_guard, shape=shape)
-        chars = sum(len(s.logprobs) for s in samples)
+        n = 1 if setting.decoding.deterministic else num_samples
+        if formed and setting.form.active:
+            samples = run_request(model, vocab, _form_request(setting, n, seed), prefixes, generator, device,
+                                  guard=with_guard, forms=_forms_of(forms))
+        else:
+            samples = generate(model, vocab, prefixes, chars, setting.decoding, n, generator, device,
+                               guard=with_guard, shape=shape)
+        total = sum(len(s.logprobs) for s in samples)
         report = sample_report([s.text for s in samples], copy_index, min_copy)
-        report["mean_logprob"] = sum(s.logprob for s in samples) / chars if chars else float("nan")
+        report["mean_logprob"] = sum(s.logprob for s in samples) / total if total else float("nan")
         report["blank_samples"] = sum(not s.text.strip() for s in samples)
         return report, samples
 
     rows = []
-    for decoding in decodings:
-        report, samples = measure(decoding, guard)
-        row = {"decoding": decoding.label(), "samples": len(samples), **report}
-        plain = measure(decoding, None)[0] if guard is not None else report  # guard off: the same numbers
+    for setting in settings:
+        report, samples = measure(setting, guard)
+        row = {"decoding": setting.label(), "samples": len(samples), **report,
+               **line_columns(samples, script, units)}
+        plain = measure(setting, None)[0] if guard is not None else report  # guard off: the same numbers
         row.update({f"{k}_unguarded": plain[k] for k in ("longest_copy", "copied_fraction", "mean_logprob")})
+        if setting.form.active:
+            row.update(form_columns(samples, script))
+            free = measure(setting, guard, formed=False, chars=max(1, round(sum(len(s.text) for s in samples)
+                                                                          / max(1, len(samples)))))[0]
+            row["fluency_cost"] = free["mean_logprob"] - report["mean_logprob"]
         row["gave_way"] = sum(s.gave_way for s in samples)
         row["example"] = {"prefix": samples[0].prefix, "text": samples[0].text}
         rows.append(row)
     return rows
 
 
+def _forms_of(forms):
+    if forms is None:
+        raise CharlmError("a form setting needs the run's song forms: this checkpoint has none stored and its "
+                          "training text cannot be read; pass --corpus with it")
+    return forms
+
+
+def _form_request(setting: Setting, n: int, seed: int) -> GenerationRequest:
+    d = setting.decoding
+    strategy = "beam" if d.num_beams > 1 else "sample" if d.sample else "greedy"
+    return GenerationRequest(strategy, d, MAX_LENGTH, Shape(lines=setting.lines, song_end=False, tidy=True), n,
+                             seed, False, 0, form=setting.form)
+
+
 def evaluate_model(model, vocab, payload: dict, *, text_path: str | None = None, corpus_path: str | None = None,
                    unknown: str = "error", decodings: list[Decoding], prefixes=None, num_samples: int = 8,
                    length: int = 100, seed: int = 0, device=None, warn=lambda line: None,
                    text_member: str | None = None, text_encoding: str | None = None,
-                   max_copy: int = DEFAULT_MAX_COPY) -> dict:
+                   max_copy: int | None = None) -> dict:
     """Everything `charlm evaluate` reports for a loaded checkpoint, as one JSON-ready dict.
 
     Perplexity is measured on `text_path` (read and prepared as the training text was) or, by
     default, on the checkpoint's own validation text; copies are looked up in its whole corpus text
     (training and validation: the user's file is what must not be recited). `max_copy` N > 0 runs
-    every setting with the copy guard at N (built here from that text) and without it; `prefixes`
+    every setting with the copy guard at N (built here from that text; None: the run's default) and without it; `prefixes`
     None takes the run's own. With `unknown='skip'`, characters outside the vocabulary are dropped
     (and `warn` is told).
     """
@@ -140,24 +176,29 @@ def evaluate_model(model, vocab, payload: dict, *, text_path: str | None = None,
             warn(dropped_note(prefix, dropped))
         kept.append(cleaned)
     guard = None
+    max_copy = run_max_copy(payload) if max_copy is None else max_copy  # None: generate's default for the script
     if max_copy > 0:
         guard = CopyGuard.from_text(corpus.text, corpus.vocab, max_copy, corpus.fingerprint)
+    forms = run_forms(payload, lambda: corpus.text)
     rows = decoding_rows(model, vocab, CopyIndex(corpus.text), decodings, kept, num_samples, length, seed, device,
-                         guard=guard, shape=Shape(tidy=True))
+                         guard=guard, shape=Shape(tidy=True), forms=forms)
     return {
         "perplexity": {"value": perplexity_on(model, indices, device), "text": source,
                        "characters": int(len(indices)), "skipped": skipped},
         "settings": {"prefixes": kept, "samples": num_samples, "length": length, "seed": seed,
                      "min_copy": MIN_COPY, "training_chars": len(corpus.train_text),
-                     "corpus_chars": len(corpus.text), "max_copy": max_copy},
+                     "corpus_chars": len(corpus.text), "max_copy": max_copy,
+                     "corpus_adjacent_rhyme": forms.forms.adjacent_rate if forms is not None else None},
         "rows": rows,
     }
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """The rows as a GitHub-flavoured markdown table (the `example` field is left out)."""
-    lines = ["| " + " | ".join(h for _, h, _ in COLUMNS) + " |",
-             "|" + "|".join("---" if k == "decoding" else "---:" for k, _, _ in COLUMNS) + "|"]
+    """The rows as a GitHub-flavoured markdown table (the `example` field is left out, and so is a column
+    that no row has, such as the form columns when no setting has a form)."""
+    columns = [c for c in COLUMNS if any(c[0] in row for row in rows)] or list(COLUMNS)
+    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |",
+             "|" + "|".join("---" if k == "decoding" else "---:" for k, _, _ in columns) + "|"]
     for row in rows:
-        lines.append("| " + " | ".join(fmt.format(row[k]) if k in row else "" for k, _, fmt in COLUMNS) + " |")
+        lines.append("| " + " | ".join(fmt.format(row[k]) if k in row else "" for k, _, fmt in columns) + " |")
     return "\n".join(lines)

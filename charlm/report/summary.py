@@ -18,6 +18,7 @@ from charlm.generate.decode import predict
 from charlm.report.compare import NOT_IN_KEY, CompareResult, Run, describe
 from charlm.report.plots import PlotsUnavailable, plot_curves
 from charlm.run.checkpoint import load_checkpoint, model_from_checkpoint
+from charlm.run.metrics import read_summary
 
 CSV_COLUMNS = ("model", "sampler", "hidden", "seed", "epoch", "train_ppl", "val_ppl", "seconds", "chars_per_sec")
 PLOT_HINT = ("pip install 'charlm[plot]'  (or: pip install matplotlib), then run the same command again: "
@@ -56,12 +57,17 @@ class Summary:
 
     @property
     def best_val(self) -> list[float]:
+        """Each run's final figure: summary.json's (best.pt, recounted), else its best epoch's line."""
+        return [final_figure(r)[0] for r in self.runs]
+
+    @property
+    def best_epoch_val(self) -> list[float]:
+        """The lowest epoch line, which the last epoch is measured against (overfitting)."""
         return [min(m["val_ppl"] for m in r.metrics) for r in self.runs]
 
     @property
     def best_epoch(self) -> list[int]:
-        # the first epoch reaching the minimum, as the trainer's best.pt does
-        return [min(r.metrics, key=lambda m: m["val_ppl"])["epoch"] for r in self.runs]
+        return [final_figure(r)[1] for r in self.runs]
 
     @property
     def seconds_per_epoch(self) -> float:
@@ -79,7 +85,17 @@ class Summary:
     @property
     def best_run(self) -> Run:
         """The seed whose best checkpoint has the lowest validation perplexity."""
-        return min(self.runs, key=lambda r: min(m["val_ppl"] for m in r.metrics))
+        return min(self.runs, key=lambda r: final_figure(r)[0])
+
+
+def final_figure(run: Run) -> tuple[float, int]:
+    """(validation perplexity, epoch) of the run's best.pt as training reported it: RUN/summary.json, or for a
+    run without one (older runs) the first epoch line reaching the minimum, as the trainer's best.pt does."""
+    recorded = read_summary(run.run_dir)
+    if recorded is not None:
+        return recorded["best_val_ppl"], recorded.get("best_epoch")
+    best = min(run.metrics, key=lambda m: m["val_ppl"])
+    return best["val_ppl"], best["epoch"]
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -191,7 +207,7 @@ def _overfitting(summaries: list[Summary]) -> list[str]:
     for s in summaries:
         if s.reference:
             continue
-        rise = [100 * (final / best - 1) for final, best in zip(s.final_val, s.best_val)]
+        rise = [100 * (final / best - 1) for final, best in zip(s.final_val, s.best_epoch_val)]
         up = [i for i, r in enumerate(rise) if r > 1.0]
         down = [i for i, r in enumerate(rise) if r <= 1.0]
         if not up:
@@ -326,12 +342,12 @@ def write_report(result: CompareResult, path: Path, *, command: str | None = Non
               "to show what the epochs after the best one learned.", ""]
     for s in summaries:
         run = s.best_run
-        best = min(run.metrics, key=lambda m: m["val_ppl"])
-        lines += [f"**{s.label}**, seed {run.config.seed}, best.pt (epoch {best['epoch']}, "
-                  f"validation perplexity {best['val_ppl']:.3f}):", "", "```"]
+        best_ppl, best_epoch = final_figure(run)
+        lines += [f"**{s.label}**, seed {run.config.seed}, best.pt (epoch {best_epoch}, "
+                  f"validation perplexity {best_ppl:.3f}):", "", "```"]
         lines += continuations(run, "best.pt") + ["```", ""]
         last = run.metrics[-1]
-        if last["epoch"] != best["epoch"]:
+        if last["epoch"] != best_epoch:
             lines += [f"last.pt (epoch {last['epoch']}, validation perplexity {last['val_ppl']:.3f}):", "", "```"]
             lines += continuations(run, "last.pt") + ["```", ""]
     lines += ["## Runs", "", "| configuration | seed | status | directory |", "|---|---:|---|---|"]

@@ -264,8 +264,13 @@ def open_checkpoint(path: str | Path | None, device="cpu") -> OpenedRun:
 
 
 def default_prefixes(payload: dict, vocab) -> list[str]:
-    """The run's own prefixes (its config's, chosen from its corpus at training time) that the vocabulary spells."""
+    """The run's own prefixes (its config's, chosen from its corpus at training time) that the vocabulary spells;
+    a titled corpus's commonest titles for a run that kept the classic 分开 before titles were chosen."""
     saved = payload.get("config", {}).get("prefixes") or Config().prefixes  # the classic 分开, 不分开
+    forms = (payload.get("forms") or {}).get("forms") or {}
+    if tuple(saved) == tuple(Config().prefixes) and forms.get("titled") and forms.get("named"):
+        # a run of titled pieces (Song ci) trained before its prefixes were its titles: its commonest title
+        saved = [f["name"] + "\n" for f in forms["named"][:2]]
     kept = [p for p in saved if p and not vocab.unknown(p)]
     if not kept:
         raise CharlmError(f"none of the run's prefixes ({', '.join(map(repr, saved))}) is spelled by its vocabulary; "

@@ -63,3 +63,47 @@ def read_metrics(path: str | Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+# The run's final figure, written once training ends: the epoch lines above stop at the last epoch's
+# validation perplexity, while the run reports best.pt's (its n-gram part recounted with the tuning slice).
+SUMMARY = "summary.json"
+
+
+def write_summary(run_dir: str | Path, summary: dict) -> Path:
+    """Write RUN/summary.json whole (a temporary file, fsync, rename), so a reader sees the old file or the new."""
+    path = Path(run_dir) / SUMMARY
+    tmp = path.with_name(path.name + ".tmp")
+    data = (json.dumps(summary, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CharlmError(f"cannot write {path} ({e.strerror or e}); the checkpoints and metrics.jsonl are "
+                          "saved") from None
+    return path
+
+
+def read_summary(run_dir: str | Path, fingerprint: str | None = None) -> dict | None:
+    """RUN/summary.json when it is whole and (given `fingerprint`) of this corpus; None for runs without one."""
+    try:
+        data = json.loads((Path(run_dir) / SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("best_val_ppl"), (int, float)):
+        return None
+    if fingerprint is not None and data.get("fingerprint") not in (None, fingerprint):
+        return None
+    return data
+
+
+def discard_summary(run_dir: str | Path) -> None:
+    """Training goes on (a resume): the final figure of the earlier session no longer holds."""
+    try:
+        (Path(run_dir) / SUMMARY).unlink(missing_ok=True)
+    except OSError:
+        pass

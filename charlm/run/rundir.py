@@ -22,7 +22,7 @@ from charlm.errors import CharlmError
 
 LOCK_NAME = ".lock"
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl")  # any of these means the directory holds a run
-OTHER_RUN_FILES = ("done.json", "config.json", "metrics.jsonl.tmp")  # also a run's, moved aside with it by --overwrite
+OTHER_RUN_FILES = ("done.json", "config.json", "metrics.jsonl.tmp", "summary.json")  # also a run's, moved aside with it by --overwrite
 
 try:
     import fcntl

@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 import time
 
+import torch
+
 MEASURE_STEPS = 20  # minibatches timed before the first plan
 WARMUP_STEPS = 20
 FLOOR = 0.05  # the cosine ends at 5% of the peak rate, not 0: the last steps still learn a little
@@ -26,12 +28,18 @@ class Budget:
     plan either way. `cosine` False keeps the rate constant (after warm-up).
     """
 
-    def __init__(self, minutes: float, max_steps: int, cosine: bool, saved: dict | None = None):
+    def __init__(self, minutes: float, max_steps: int, cosine: bool, saved: dict | None = None,
+                 frozen: bool = False):
         self.seconds = minutes * 60.0
         self.max_steps, self.cosine = max_steps, cosine
         saved = saved or {}
         self.done = int(saved.get("done", 0))
         self.planned = int(saved.get("planned", max_steps if not self.seconds else 0))
+        # A run extended on resume (more --epochs): the cosine keeps the length it was planned with and
+        # the steps after its end hold the floor rate; never re-planned, so the rate cannot climb back.
+        self.frozen = bool(frozen or saved.get("frozen"))
+        if self.frozen and not self.planned:
+            self.planned = max_steps
         self.spent = float(saved.get("elapsed", 0.0))  # from earlier sessions of a resumed run
         self.eval_seconds = float(saved.get("eval_seconds", 0.0))
         self.began = time.perf_counter()
@@ -52,7 +60,7 @@ class Budget:
 
     def plan(self) -> None:
         """Planned steps = steps done + what the remaining time allows at the rate measured so far."""
-        if not self.seconds:
+        if not self.seconds or self.frozen:
             return
         steps, since = self._measure_from
         rate = (self.done - steps) / max(time.perf_counter() - since, 1e-9)  # steps per second, evaluation included
@@ -75,5 +83,22 @@ class Budget:
         return warm * (FLOOR + (1 - FLOOR) * 0.5 * (1 + math.cos(math.pi * progress)))
 
     def state(self) -> dict:
-        return {"done": self.done, "planned": self.planned, "elapsed": round(self.elapsed(), 3),
-                "eval_seconds": self.eval_seconds}
+        state = {"done": self.done, "planned": self.planned, "elapsed": round(self.elapsed(), 3),
+                 "eval_seconds": self.eval_seconds}
+        return {**state, "frozen": True} if self.frozen else state
+
+
+def step_epoch_schedule(scheduler, optimizer) -> None:
+    """Step a per-epoch schedule; a cosine past its length (a run extended on resume) holds the floor rate.
+
+    The floor is FLOOR x --lr, the rate a time-budgeted cosine ends at, so both kinds continue alike.
+    """
+    scheduler.step()
+    hold_floor(scheduler, optimizer)
+
+
+def hold_floor(scheduler, optimizer) -> None:
+    """Past a cosine's last epoch: FLOOR x --lr (not the cosine's 0, and never back up its next period)."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) and scheduler.last_epoch >= scheduler.T_max:
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base * FLOOR

@@ -11,7 +11,7 @@ import numpy as np
 from charlm.config import Config
 from charlm.data.corpus import Corpus
 from charlm.run.checkpoint import load_checkpoint, save_checkpoint
-from charlm.run.metrics import MetricsLog
+from charlm.run.metrics import MetricsLog, write_summary
 from charlm.train.progress import format_line, log_predictions
 from charlm.train.state import TrainResult, checkpoint_payload
 from charlm.train.validate import or_inf, perplexity
@@ -25,7 +25,9 @@ def train_by_counting(config: Config, corpus: Corpus, model, run_dir: Path, devi
     """
     if resume is not None:  # counted already: nothing left to train (compare may resume any unfinished-looking run)
         log(f"{config.model} is complete after its one counting pass; nothing to resume")
-        return TrainResult(run_dir, list(resume["metrics"]), resume["best_val_ppl"], resume["best_epoch"])
+        result = TrainResult(run_dir, list(resume["metrics"]), resume["best_val_ppl"], resume["best_epoch"])
+        write_run_summary(config, corpus, run_dir, result)
+        return result
     began = time.perf_counter()
     model.fit_counts(corpus.train, config.kn_discounts, should_stop=should_stop)  # a stop acts between orders
     seconds = max(time.perf_counter() - began, 1e-9)
@@ -41,17 +43,31 @@ def train_by_counting(config: Config, corpus: Corpus, model, run_dir: Path, devi
     log(format_line(record))
     if config.pred_every:
         log_predictions(config, model, corpus.vocab, device, log)
+    write_run_summary(config, corpus, run_dir, result)
     return result
 
 
+def write_run_summary(config: Config, corpus: Corpus, run_dir: Path, result: TrainResult,
+                      before_recount: float | None = None) -> None:
+    """RUN/summary.json: the figure the run ends with (the one `train` prints) and the checkpoint it belongs to."""
+    summary = {"final": True, "best_val_ppl": result.best_val_ppl, "best_epoch": result.best_epoch,
+               "checkpoint": "best.pt", "epochs": result.metrics[-1]["epoch"] if result.metrics else 0,
+               "stopped_early": result.stopped_early, "model": config.model, "fingerprint": corpus.fingerprint}
+    if result.best_tune_ppl is not None:
+        summary["best_tune_ppl"] = result.best_tune_ppl
+    if before_recount is not None:  # best.pt's n-gram part was recounted with the tuning slice afterwards
+        summary.update(recounted=True, val_ppl_before_recount=before_recount)
+    write_summary(run_dir, summary)
+
+
 def recount_best(config: Config, corpus: Corpus, model, run_dir: Path, device, streams: int, result: TrainResult,
-                 log) -> None:
+                 log) -> float:
     """Recount best.pt's n-gram part on the whole training text (the tuning slice included) and report that.
 
     The order, discounts and mixture weights stay as fitted on the tuning slice;
     only the counts grow by the slice, which lies right before the validation
     text (nothing is fitted on the validation text). last.pt keeps the counts
-    training used, so a resumed run continues exactly.
+    training used, so a resumed run continues exactly. Returns the figure before the recount.
     """
     payload = load_checkpoint(run_dir / "best.pt")
     model.load_state_dict(payload["model"])
@@ -61,4 +77,5 @@ def recount_best(config: Config, corpus: Corpus, model, run_dir: Path, device, s
         f"val ppl {val_ppl:.3f} (was {result.best_val_ppl:.3f})")
     payload.update(model=model.state_dict(), best_val_ppl=val_ppl, recounted_val_ppl=val_ppl)
     save_checkpoint(run_dir / "best.pt", payload)
-    result.best_val_ppl = val_ppl
+    before, result.best_val_ppl = result.best_val_ppl, val_ppl
+    return before

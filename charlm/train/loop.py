@@ -24,10 +24,10 @@ from charlm.device import Precision, maybe_compile, pick_device, val_streams
 from charlm.errors import CharlmError
 from charlm.models import build_model, detach_state
 from charlm.run import metrics
-from charlm.run.metrics import MetricsLog
+from charlm.run.metrics import MetricsLog, discard_summary
 from charlm.run.checkpoint import remove_stale_temporaries, save_checkpoint
-from charlm.train.budget import Budget
-from charlm.train.counting import recount_best, train_by_counting
+from charlm.train.budget import Budget, hold_floor, step_epoch_schedule
+from charlm.train.counting import recount_best, train_by_counting, write_run_summary
 from charlm.train.distributed import ProcessGroup
 from charlm.train.progress import format_line, log_predictions
 from charlm.train.state import EpochPosition, TrainingInterrupted, TrainResult, checkpoint_payload, set_rng_state
@@ -146,8 +146,9 @@ def train(config: Config, corpus: Corpus, run_dir: str | Path, *, resume: dict |
     check_minibatch_fits(config, len(corpus.train))  # refuse before the first checkpoint is written
     total = num_batches(len(corpus.train), config)
     # The clock runs from here (counting n-grams excluded); under --time-budget it also plans steps and the rate.
+    extended = resume is not None and config.epochs > resume["config"]["epochs"]  # more --epochs on resume
     run.clock = clock = Budget(config.time_budget, config.epochs * total, config.lr_schedule == "cosine",
-                               (resume or {}).get("budget"))
+                               (resume or {}).get("budget"), frozen=extended and config.lr_schedule == "cosine")
     precision = Precision(config.precision, device)  # refuses bf16 / fp16 where the device cannot
     last = _first_checkpoint(run, run_dir, dist, resume)
     net = maybe_compile(dist.wrap(model), config.compile, device, log)  # DDP under torchrun; else the model itself
@@ -191,11 +192,13 @@ def train(config: Config, corpus: Corpus, run_dir: str | Path, *, resume: dict |
             break
         if should_stop is not None and epoch < config.epochs and dist.all_reduce_sum(int(should_stop()))[0]:
             raise TrainingInterrupted(last, epoch, None, total)  # between epochs: last.pt was just written
+    before = None
     if dist.is_main and len(corpus.tune) and model.counts_ngrams and (run_dir / "best.pt").exists():
-        recount_best(config, corpus, model, run_dir, device, streams, run.result, log)
+        before = recount_best(config, corpus, model, run_dir, device, streams, run.result, log)
+    if dist.is_main:  # the figure just reported, beside the epochs' lines (docs/errors.md, "summary.json")
+        write_run_summary(config, corpus, run_dir, run.result, before)
     dist.close()  # under torchrun: all ranks leave the process group together, once rank 0 has written
     return run.result
-
 
 
 @dataclass
@@ -234,7 +237,7 @@ class _Run:
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step(score)
         elif self.scheduler is not None:
-            self.scheduler.step()
+            step_epoch_schedule(self.scheduler, self.optimizer)
         return improved
 
 
@@ -247,7 +250,6 @@ def _start(config: Config, corpus: Corpus, run_dir: Path, dist: ProcessGroup):
     dist.check_same("configuration", config.to_dict())
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     return device, build_model(config, len(corpus.vocab)).to(device)
-
 
 
 def _save_epoch(run: _Run, epoch: int, record: dict, last: Path, dist: ProcessGroup, metrics_log: MetricsLog) -> None:
@@ -278,6 +280,7 @@ def _resume(run: _Run, resume: dict | None, device, metrics_log) -> tuple[int, E
     run.optimizer.load_state_dict(resume["optimizer"])
     if run.scheduler is not None and resume.get("scheduler"):
         run.scheduler.load_state_dict(resume["scheduler"])
+        hold_floor(run.scheduler, run.optimizer)  # a cosine at its end, extended now (a run saved at rate 0)
     set_rng_state(resume["rng"])
     position = EpochPosition.from_dict(resume["partial"], device) if resume.get("partial") else None
     result = run.result
@@ -287,6 +290,7 @@ def _resume(run: _Run, resume: dict | None, device, metrics_log) -> tuple[int, E
     run.bad_epochs = resume["bad_epochs"]
     if metrics_log is not None:  # rank 0
         metrics_log.truncate_to(result.metrics)
+        discard_summary(metrics_log.path.parent)  # training goes on: the earlier final figure no longer holds
     return resume["epoch"] + 1, position
 
 

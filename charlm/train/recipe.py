@@ -134,6 +134,59 @@ def _short_memory(config, stats: CorpusStats, explicit: set):
     return replace(config, **{k: v for k, v in values.items() if k not in explicit}), True
 
 
+# With an explicit --optimizer sgd the recipe's Adam rate would barely move the weights: plain SGD with
+# clipping at 1 takes steps of about this rate (the textbook's 100 came with --clip 0.01).
+SGD_LR = 1.0
+
+
+def _respect_explicit(config, values: dict, explicit: set):
+    """`config` with the recipe's `values` for the fields the user left open, never one their flags rule out.
+
+    The model family adjusts the values first (a scratch model: no embedding, no tying, one layer);
+    then the choices that follow from explicit flags: a tied embedding follows --hidden, an --embedding
+    that differs unties, --onehot drops the embedding, --mix-weight keeps that weight, SGD gets SGD's rate.
+    """
+    from charlm.models import MODELS
+
+    chosen = replace(config, **{k: v for k, v in values.items() if k not in explicit})
+    family = MODELS.get(chosen.model)
+    if family is not None:
+        values = family.fit_recipe(values, chosen)
+    if config.onehot:  # the one-hot path has no embedding to learn or tie
+        values = {**values, "embedding": 0, "tie_weights": False}
+    if "mix_weight" in explicit and "mix_fit" in values:  # fitting λ would overrule the weight given
+        values = {**values, "mix_fit": "none"}
+    if "optimizer" in explicit and config.optimizer == "sgd":
+        values = {**values, "lr": SGD_LR}
+    config = replace(config, **{k: v for k, v in values.items() if k not in explicit})
+    if not config.tune_fraction and "mix_fit" not in explicit and hasattr(config, "mix_fit"):
+        config = replace(config, mix_fit="none")  # no tuning slice to fit λ on: say the weight that is used
+    if config.tie_weights and "embedding" not in explicit:  # an explicit --hidden: the tied embedding follows it
+        config = replace(config, embedding=config.hidden)
+    if config.tie_weights and config.embedding != config.hidden and "tie_weights" not in explicit:
+        config = replace(config, tie_weights=False)  # an explicit --embedding that differs: untie rather than refuse
+    return config
+
+
+MIN_BATCHES = 4  # minibatches an epoch of a tiny text gets at least, where its size allows
+
+
+def _fit_minibatch(config, n_train: int, explicit: set):
+    """A text too short for the recipe's minibatch gets smaller ones (fewer streams first, then shorter
+    steps); a --batch-size or --num-steps given stays, and is refused in words if it does not fit
+    (the steps of a --batch-size given are not cut to make room for it)."""
+    from charlm.data.batches import num_batches
+
+    while num_batches(n_train, config) < MIN_BATCHES:
+        if "batch_size" not in explicit and config.batch_size > 1:
+            config = replace(config, batch_size=config.batch_size // 2)
+        elif not {"num_steps", "batch_size"} & explicit and config.num_steps > 4:
+            config = replace(config, num_steps=max(4, config.num_steps // 2))
+        else:
+            break
+    return config
+
+
 def resolve_auto(config, corpus, explicit: set):
     """Fill the fields auto chooses (those not in `explicit`), carve the tuning slice, pick the n-gram order on it.
 
@@ -150,15 +203,12 @@ def resolve_auto(config, corpus, explicit: set):
                                    config.time_budget if "time_budget" in explicit else 0.0)
     if any(f.name == "mix_fit" for f in fields(config)):
         values["mix_fit"] = "count"
-    config = replace(config, **{k: v for k, v in values.items() if k not in explicit})
-    if config.tie_weights and "embedding" not in explicit:  # an explicit --hidden: the tied embedding follows it
-        config = replace(config, embedding=config.hidden)
-    if config.tie_weights and config.embedding != config.hidden and "tie_weights" not in explicit:
-        config = replace(config, tie_weights=False)  # an explicit --embedding that differs: untie rather than refuse
+    config = _respect_explicit(config, values, explicit)
     corpus = carve_tune(corpus, config.tune_fraction)
+    config = _fit_minibatch(config, len(corpus.train), explicit)
     order_note = ""
     family = MODELS.get(config.model)
-    if family is not None and family.uses_ngram() and "order" not in explicit and len(corpus.tune) >= 2:
+    if family is not None and family.uses_ngram() and not {"order", "kn_discounts"} & explicit and len(corpus.tune) >= 2:
         choice = choose_order(corpus.train, corpus.tune, len(corpus.vocab), AUTO_MAX_ORDER)
         config = replace(config, order=int(choice.order))
         if "kn_discounts" not in explicit:
@@ -167,6 +217,8 @@ def resolve_auto(config, corpus, explicit: set):
         config, short = _short_memory(config, stats, explicit)
         if short:
             reason += f", short memory (best order {config.order})"
+    elif "kn_discounts" in explicit and "order" not in explicit:  # one discount per level: the order is theirs
+        config = replace(config, order=len(config.kn_discounts))
     elif "order" not in explicit:  # no tuning slice (a short text): the default order, if the text is that long
         config = replace(config, order=max(1, min(config.order, len(corpus.train) - 1)))
     config.validate()

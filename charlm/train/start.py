@@ -137,10 +137,10 @@ def _progress_prefixes(config: Config, corpus: Corpus, explicit: set[str], resum
             if corpus.vocab.unknown(prefix):
                 raise CharlmError(f"--prefix {prefix!r} has characters that never occur in the corpus: "
                                   f"{' '.join(corpus.vocab.unknown(prefix))}; choose a prefix from the text")
-    elif not resuming and any(corpus.vocab.unknown(p) for p in config.prefixes):
+    elif not resuming and tuple(config.prefixes) == tuple(Config().prefixes):
         from charlm.generate.verse import corpus_prefixes
 
-        # the default 分开 is not in this corpus: its own line openings serve the progress samples, the hint
+        # 分开 only for a corpus whose lines open with it; otherwise its titles or line openings serve the progress samples, the hint
         # and (stored in the run's config) generate and evaluate
         config = replace(config, prefixes=tuple(corpus_prefixes(corpus.text, corpus.vocab)))
     return config
@@ -155,9 +155,12 @@ def start_run(values: dict, explicit: set[str], resume=None, overwrite: bool = F
 
     config = Config(**{f.name: values[f.name] for f in fields(Config)})
     config = apply_preset(config, config.preset, explicit)
-    payload, lock = None, None
+    payload, lock, extended = None, None, None
     if resume:
+        from charlm.train.state import extend_cosine
+
         config, run_dir, payload, lock = _resumed(resume, config, values, explicit, overwrite, hold, warn)
+        config, extended = extend_cosine(payload, config, explicit)  # said once every check has passed
     else:
         run_dir = Path(config.out) if config.out else default_run_dir(config)
     config.validate()
@@ -187,4 +190,6 @@ def start_run(values: dict, explicit: set[str], resume=None, overwrite: bool = F
         lock = prepare_run_dir(run_dir, resuming=payload is not None, overwrite=overwrite, lock=lock, hold=hold,
                                warn=warn, tell=tell)
         write_run_guard(run_dir, corpus)  # the copy guard's index of the corpus, once per run
+    if extended:
+        tell(extended)
     return StartedRun(config, corpus, run_dir, payload, lock, group, n_params, auto_line)

@@ -145,10 +145,30 @@ def resume_config(saved: Config, requested: Config, explicit: set[str]) -> Confi
         details = ", ".join(f"{flag[n]} was {getattr(saved, n)!r}, now {getattr(requested, n)!r}" for n in sorted(differs))
         raise CharlmError(f"cannot resume with different settings ({details}); only "
                           f"{', '.join(flag[n] for n in RESUMABLE)} may change on resume")
-    if saved.lr_schedule == "cosine" and "epochs" in explicit and requested.epochs != saved.epochs:
-        raise CharlmError(f"--epochs cannot change on resume with --lr-schedule cosine (the schedule was laid out "
-                          f"over {saved.epochs} epochs); resume without --epochs")
     return replace(saved, **{n: getattr(requested, n) for n in RESUMABLE if n in explicit})
+
+
+def extend_cosine(payload: dict, config: Config, explicit: set[str]) -> tuple[Config, str | None]:
+    """A cosine run resumed with more --epochs: (config, the line that says how it goes on), else (config, None).
+
+    The cosine keeps its length (its epochs, or under a time budget the minibatches planned for it)
+    and the steps after its end hold the floor rate, FLOOR x --lr (charlm/train/budget.py); without
+    an explicit --time-budget the added epochs get the run's budget again on top of the time spent.
+    """
+    from charlm.train.budget import FLOOR
+
+    saved_epochs = int(payload["config"].get("epochs", config.epochs))
+    if config.lr_schedule != "cosine" or config.epochs <= saved_epochs:
+        return config, None
+    budget = ""
+    if config.time_budget and "time_budget" not in explicit:
+        spent = float((payload.get("budget") or {}).get("elapsed", 0.0)) / 60
+        grown = round(spent + config.time_budget, 2)
+        budget = f"; time budget {config.time_budget:g} -> {grown:g} min ({spent:.1f} spent, {config.time_budget:g} more)"
+        config = replace(config, time_budget=grown)
+    return config, (f"extending a cosine run from {saved_epochs} to {config.epochs} epochs: the cosine keeps its "
+                    f"length, then the rate holds at its floor {config.lr * FLOOR:g} ({FLOOR:.0%} of --lr "
+                    f"{config.lr:g}){budget}")
 
 
 def check_resumable(payload: dict, path) -> None:

@@ -1,7 +1,7 @@
 """The model behind `charlm serve`: one checkpoint loaded once and shared by every request (see docs/serve.md).
 
-Generation runs in worker threads (web/app.py); the model is called one step at a time behind a lock,
-so requests interleave step by step and the n-gram models' caches are never updated by two at once.
+Generation runs in one batched decoding loop (web/batcher.py) and, for beam search, beside it; the model
+is called behind a lock held for one call, so the n-gram models' caches are never updated by two at once.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from charlm.generate.decode import Sample
 from charlm.generate.request import GenerationRequest, run_request
 from charlm.generate.sampling import Decoding
 from charlm.run.checkpoint import default_prefixes, open_checkpoint, training_corpus
-from charlm.run.metrics import read_metrics
+from charlm.run.metrics import read_metrics, read_summary
+from charlm.generate.copyguard import run_max_copy
 from charlm.web.fields import FIELDS, RequestLimits
 
 
@@ -55,7 +56,10 @@ class Engine:
         self.device = torch.device(device)
         self.parameters = sum(p.numel() for p in model.parameters())
         self.payload_meta = {k: payload.get(k) for k in ("corpus", "epoch", "best_val_ppl", "best_epoch", "metrics")}
+        self.payload_meta["recounted"] = payload.get("recounted_val_ppl")
         self.payload_meta.update(vocab=payload["vocab"], config=payload["config"])
+        self._saved_forms, self._forms, self._forms_read = payload.get("forms"), None, False
+        self.max_copy = run_max_copy(payload)  # the copy guard's default for the run's script
         try:
             self.prefixes = default_prefixes(payload, self.vocab)
         except CharlmError:
@@ -82,6 +86,47 @@ class Engine:
                 self._guards[n] = (found, notes[0].removeprefix("warning: ") if notes else None)
             return self._guards[n]
 
+    def forms(self):
+        """The run's song forms (generate.formed.RunForms), stored or learned from its text once; None: unknown."""
+        from charlm.generate.formed import run_forms
+
+        with self._guard_lock:
+            if not self._forms_read:
+                def text():
+                    try:
+                        return self._corpus().text
+                    except CharlmError:
+                        return None
+                try:
+                    self._forms = run_forms({"forms": self._saved_forms}, text)
+                except CharlmError:
+                    self._forms = None
+                self._forms_read = True
+            return self._forms
+
+    def line_classes(self, lines: list[str]) -> list[str | None]:
+        """Each line's rhyme class (its last rhyming character or word, read in context); None: none or no data."""
+        from charlm.forms.rhyme import line_class
+
+        forms = self.forms()
+        script = forms.forms.script if forms is not None else None
+        if script is None:
+            return [None] * len(lines)
+        return [line_class(line, script)[0] if line.strip() else None for line in lines]
+
+    def form_choices(self) -> dict:
+        """What the page's form picker offers: the run's named forms, its script's rhyme classes, its scheme."""
+        from charlm.forms.rhyme import ZH_GROUP_NAMES
+
+        forms = self.forms()
+        if forms is None:
+            return {"script": None, "units": "chars", "named": [], "classes": [], "scheme": None, "titled": False}
+        f = forms.forms
+        return {"script": f.script, "units": f.units, "titled": f.titled, "scheme": f.scheme,
+                "classes": list(ZH_GROUP_NAMES) if f.script == "zh" else [],
+                "named": [{"name": n.name, "pattern": n.pattern, "pieces": n.pieces, "lines": n.lines,
+                           "rhyme": n.rhyme} for n in f.named[:60]]}
+
     def generate(self, req: GenerationRequest, on_step=None) -> tuple[list[Sample], list[str]]:
         """The samples of one request and any warnings; `on_step(indices)` sees every step's characters,
         a (streams,) tensor with -1 for a stream that has ended."""
@@ -106,7 +151,9 @@ class Engine:
         c = self.config
         model = f"{c.model}, hidden {c.hidden}"
         if c.model == "mix":
-            model = f"mix of {c.mix_neural} (hidden {c.hidden}) and a {c.order}-gram, weight {c.mix_weight:g}"
+            weight = {"count": "weights fitted per context count", "global": "one weight fitted on held-out text"}
+            model = (f"mix of {c.mix_neural} (hidden {c.hidden}) and a {c.order}-gram, "
+                     f"{weight.get(c.mix_fit, f'weight {c.mix_weight:g}')}")
         elif c.model == "kn":
             model = f"Kneser-Ney {c.order}-gram"
         else:
@@ -114,6 +161,10 @@ class Engine:
             model += f", embedding {c.embedding}" if c.embedding else ""
         corpus = self.payload_meta.get("corpus") or {}
         best = self.payload_meta.get("best_val_ppl")
+        recorded = read_summary(self.path.parent, corpus.get("fingerprint"))  # the figure `train` reported
+        best = recorded["best_val_ppl"] if recorded is not None else best
+        # a mixture's final figure is recounted after the last epoch: it is not a point of the curve
+        final = recorded.get("recounted") if recorded is not None else self.payload_meta.get("recounted") is not None
         return {
             "name": self.name, "path": str(self.path),
             "corpus": {"source": corpus.get("source"), "chars": corpus.get("chars")},
@@ -122,8 +173,12 @@ class Engine:
             "val_ppl": best if isinstance(best, (int, float)) and math.isfinite(best) else None,
             "config": c.to_dict(), "metrics": self.metrics(), "limits": asdict(limits),
             "defaults": {name: default for name, (_, default) in FIELDS.items() if name != "prefix"}
+                        | {"max_copy": self.max_copy}
                         | {f.name: getattr(Decoding(), f.name) for f in fields(Decoding) if f.name != "sample"}
                         | {"strategy": "sample", "temperature": defaults.TEMPERATURE, "top_p": defaults.TOP_P,
                            "prefix": self.prefixes[0] if self.prefixes else ""},
             "prefixes": self.prefixes,
+            "val_ppl_source": "summary.json" if recorded is not None else "checkpoint",
+            "val_ppl_recounted": bool(final),  # the final figure is a recount, not a point of the curve
+            "forms": self.form_choices(),
         }
