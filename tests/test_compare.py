@@ -137,6 +137,7 @@ def test_report_table_agrees_with_csv(grid):
     assert report.count(", best.pt (epoch ") == 4
     section = report.split("## Continuations")[1]
     assert section.count("\n分开") >= 4 and section.count("\n不分开") >= 4
+    assert "## Song form" not in report  # the textbook preset joins lines with spaces: no lines to measure
 
 
 def test_plots_are_written_when_matplotlib_is_present(grid):
@@ -305,3 +306,26 @@ def test_a_once_evaluated_model_is_a_reference_line(tmp_path):
 
     paths = plot_curves([net, ref], tmp_path)
     assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_the_report_measures_how_each_configuration_keeps_lines_and_rhyme(tmp_path):
+    """On a text of rhyming lines, kept as lines: a row per configuration, with the formed row's rhyme exact."""
+    from charlm.cli.app import main
+
+    text = ("春风吹过天边的云烟\n我在窗前想你的脸\n明月照着故乡的家\n梦里回到旧时的花\n"
+            "山高水长路茫茫\n一个人走在远方\n风吹过了小河里\n你穿着红色的衣\n") * 15
+    (tmp_path / "rhyme.txt").write_text(text, encoding="utf-8")
+    with pytest.raises(SystemExit) as info:
+        main(["compare", "--corpus", str(tmp_path / "rhyme.txt"), "--out", str(tmp_path / "out"), "--models", "gru",
+              "--samplers", "random,consecutive", "--preset", "none", "--newlines", "keep", "--epochs", "1",
+              "--seeds", "1", "--hidden", "8", "--batch-size", "4", "--num-steps", "8", "--pred-len", "5"])
+    assert info.value.code == 0
+    report = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    form = report.split("## Song form")[1].split("## Continuations")[0]
+    assert "scheme AABB" in form
+    rows = [line.split(" | ") for line in form.splitlines() if line.startswith("| ") and "·" in line]
+    assert len(rows) == 2
+    for cells in rows:
+        assert 0 <= float(cells[1].rstrip("%")) <= 100 and 0 <= float(cells[2].rstrip("%")) <= 100
+        assert cells[3] == "100.0%"  # under the corpus's scheme every rhyme slot holds its class
+        float(cells[4].rstrip(" |"))  # the fluency cost is a number

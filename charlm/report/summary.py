@@ -16,6 +16,7 @@ from charlm.config import Config
 from charlm.errors import CharlmError
 from charlm.generate.decode import predict
 from charlm.report.compare import NOT_IN_KEY, CompareResult, Run, describe
+from charlm.report.form_report import form_section
 from charlm.report.plots import PlotsUnavailable, plot_curves
 from charlm.run.checkpoint import load_checkpoint, model_from_checkpoint
 from charlm.run.metrics import read_summary
@@ -301,7 +302,7 @@ def shared_settings(result: CompareResult) -> str:
 
 def write_report(result: CompareResult, path: Path, *, command: str | None = None,
                  plots: list | None = None, plot_error: str | None = None) -> Path:
-    """Write report.md: settings, the results table, computed conclusions, plots and continuations."""
+    """Write report.md: settings, the results table, computed conclusions, plots, song form and continuations."""
     summaries = summarize(result)
     corpus = result.corpus
     n_seeds = {len(s.runs) for s in summaries}
@@ -336,7 +337,8 @@ def write_report(result: CompareResult, path: Path, *, command: str | None = Non
     else:
         lines += [f"No plots: {plot_error or 'matplotlib is not installed'}. To get curves.png and curves_time.png: "
                   f"{PLOT_HINT}."]
-    lines += ["", "## Continuations", "",
+    lines += [""] + form_section([s for s in summaries if not s.reference], corpus.text)
+    lines += ["## Continuations", "",
               "Greedy continuation of each prefix from each configuration's best checkpoint (best.pt of its best "
               "seed: the epoch of lowest validation perplexity), then from the same run's last epoch (last.pt), "
               "to show what the epochs after the best one learned.", ""]
