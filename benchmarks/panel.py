@@ -9,7 +9,10 @@ discounts: the figure `charlm train --preset none --model kn --order K` prints),
 auto's validation perplexity and wall minutes (a fresh `charlm train` process,
 counting, evaluation and start-up included), their ratio, and for the synthetic
 Markov texts (charlm/synthetic.py) the best perplexity any model can reach there.
-Prints one markdown table. The Markov texts are written under --work, never
+The sparse random Markov sources (each context allows only a few successors, drawn
+at random) also get their learnable floor: the Bayes estimate that knows every
+context's successor set, counted on the training text (`sparse_floor`), and
+auto's ratio to it. Prints one markdown table. The Markov texts are written under --work, never
 into the repository.
 """
 
@@ -29,7 +32,7 @@ from charlm.run.checkpoint import load_checkpoint  # noqa: E402
 from charlm.config import Config  # noqa: E402
 from charlm.data.corpus import load_corpus  # noqa: E402
 from charlm.models.kn_tuning import choose_order  # noqa: E402
-from charlm.data.synthetic import make_markov_text  # noqa: E402
+from charlm.data.synthetic import make_markov_text, make_sparse_markov_text  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 # name: (order, vocabulary, teacher rank). The teacher's rank sets how much there is to learn from the
@@ -38,22 +41,32 @@ SHARED = ROOT.parent / "shared" / "data"
 # "a small model can predict almost perfectly"; ranks 4 and 16 are harder rows, reported beside it.
 MARKOV = {"markov-o2-v60": (2, 60, 16), "markov-o3-v1000-r2": (3, 1000, 2), "markov-o3-v1000-r4": (3, 1000, 4),
           "markov-o3-v1000-r16": (3, 1000, 16)}
-ORDER = ["lyrics", *MARKOV, "songci"]  # the long one last
+# name: (order, alphabet, successors per context) of the sparse random Markov sources, 200,000 characters each.
+# 60 symbols: about 50 (order 2) visits per context, where counting is nearly enough; 120 symbols and order 3:
+# 10-15 per context, where knowing that only a few successors exist is worth most.
+SPARSE = {"sparse-o2-v60-s16": (2, 60, 16), "sparse-o2-v60-s8": (2, 60, 8), "sparse-o2-v120-s6": (2, 120, 6),
+          "sparse-o3-v30-s4": (3, 30, 4)}
+ORDER = ["lyrics", *MARKOV, *SPARSE, "songci"]  # the long one last
 
 
-def corpus_path(name: str, work: Path) -> tuple[Path, float | None]:
-    """The file to train on, and the best possible validation perplexity when it is known (Markov texts)."""
+def corpus_path(name: str, work: Path) -> tuple[Path, float | None, float | None]:
+    """The file to train on, the best possible validation perplexity when it is known (Markov texts), and the
+    learnable floor of a sparse source (the Bayes estimate told the successor sets)."""
     if name == "lyrics":
-        return SHARED / "jaychou_lyrics.txt.zip", None
+        return SHARED / "jaychou_lyrics.txt.zip", None, None
     if name == "songci":
-        return SHARED / "songci.txt.gz", None
-    order, vocab, rank = MARKOV[name]
+        return SHARED / "songci.txt.gz", None, None
     path, best = work / f"{name}.txt", work / f"{name}.best.json"
     if not (path.exists() and best.exists()):
-        text, ppl = make_markov_text(order, vocab, 200_000, seed=0, rank=rank)
+        if name in SPARSE:
+            text, floor, ppl = make_sparse_markov_text(*SPARSE[name], 200_000, seed=0)
+        else:
+            order, vocab, rank = MARKOV[name]
+            (text, ppl), floor = make_markov_text(order, vocab, 200_000, seed=0, rank=rank), None
         path.write_text(text, encoding="utf-8")
-        best.write_text(json.dumps({"best_ppl": ppl}))
-    return path, json.loads(best.read_text())["best_ppl"]
+        best.write_text(json.dumps({"best_ppl": ppl, "floor": floor}))
+    saved = json.loads(best.read_text())
+    return path, saved["best_ppl"], saved.get("floor")
 
 
 def best_kn(path: Path) -> tuple[int, float]:
@@ -73,14 +86,17 @@ def run_auto(path: Path, out: Path, timeout: float, extra: list[str]) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[-500:]}")
     payload = load_checkpoint(out / "best.pt")
+    summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
     c = payload["config"]
     metrics = load_checkpoint(out / "last.pt")["metrics"]  # every epoch run (best.pt's stop at its epoch)
     best = next(r for r in metrics if r["epoch"] == payload["best_epoch"])
     auto_line = next((line for line in done.stdout.splitlines() if line.startswith("auto: ")), "")
     recipe = (f"{c['model']}" + (f" {c['mix_neural']} {c['hidden']}" if c["model"] == "mix" else f" {c['hidden']}")
-              + f", dropout {c['dropout']:g}, KN-{c['order']}, {c.get('mix_fit', 'fixed')} mix, "
+              + f", dropout {c['dropout']:g}, KN-{c['order']}"
+              + (" modified" if c.get("kn_discount_kinds", 1) == 3 else "") + f", {c.get('mix_fit', 'fixed')} mix, "
               f"{len(metrics)} epochs (best {payload['best_epoch']}), budget {c['time_budget']:g} min")
-    return {"ppl": payload["best_val_ppl"], "minutes": minutes, "recipe": recipe, "auto_line": auto_line,
+    return {"ppl": summary.get("best_val_ppl", payload["best_val_ppl"]), "minutes": minutes,
+            "ended": summary.get("stop_reason", "-"), "budget": c["time_budget"], "recipe": recipe, "auto_line": auto_line,
             "network_tune_ppl": best.get("tune_neural_ppl"), "ngram_tune_ppl": best.get("tune_ngram_ppl"),
             "elapsed": metrics[-1].get("elapsed")}
 
@@ -96,7 +112,7 @@ def main(argv=None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in [n for n in ORDER if n in args.only.split(",")]:
-        path, best_possible = corpus_path(name, work)
+        path, best_possible, floor = corpus_path(name, work)
         if not path.exists():
             print(f"{name}: {path} not found, skipped", file=sys.stderr)
             continue
@@ -107,16 +123,27 @@ def main(argv=None) -> None:
         auto = run_auto(path, work / f"run-{name}", args.timeout, args.train_args.split())
         print(f"{name}: {auto['auto_line']}", file=sys.stderr)
         print(f"{name}: auto val ppl {auto['ppl']:.3f} in {auto['minutes']:.1f} min", file=sys.stderr, flush=True)
-        rows.append((name, order, kn_ppl, auto, best_possible))
+        rows.append((name, order, kn_ppl, auto, best_possible, floor))
+    print_table(rows)
+
+
+def _ratio(a: float, b: float | None) -> str:
+    return f"{a / b:.3f}" if b else "-"
+
+
+def print_table(rows) -> None:
+    """One markdown row per corpus: auto against the best KN order, the best possible and the learnable floor."""
     print("| corpus | best KN (order) val ppl | auto val ppl | auto / KN | best possible | auto / best | "
-          "network alone (tune) | auto minutes (wall) | auto's recipe |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, order, kn_ppl, auto, best_possible in rows:
+          "learnable floor | floor / KN | auto / floor | network alone (tune) | ended | train min / budget | "
+          "auto minutes (wall) | auto's recipe |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, order, kn_ppl, auto, best_possible, floor in rows:
         best = f"{best_possible:.3f}" if best_possible else "-"
-        ratio_best = f"{auto['ppl'] / best_possible:.3f}" if best_possible else "-"
         net = f"{auto['network_tune_ppl']:.3f}" if auto["network_tune_ppl"] else "-"
+        used = f"{(auto['elapsed'] or 0) / 60:.1f} / {auto['budget']:g}"
         print(f"| {name} | {kn_ppl:.3f} ({order}) | {auto['ppl']:.3f} | {auto['ppl'] / kn_ppl:.3f} | {best} | "
-              f"{ratio_best} | {net} | {auto['minutes']:.1f} | {auto['recipe']} |")
+              f"{_ratio(auto['ppl'], best_possible)} | {f'{floor:.3f}' if floor else '-'} | {_ratio(floor or 0, kn_ppl) if floor else '-'} | "
+              f"{_ratio(auto['ppl'], floor)} | {net} | {auto['ended']} | {used} | {auto['minutes']:.1f} | {auto['recipe']} |")
 
 
 if __name__ == "__main__":

@@ -36,11 +36,13 @@ class Config:
     onehot: bool = _opt(False, "Use the textbook path: one-hot inputs multiplied step by step (slower, same result).")
     layers: int = _opt(1, "Stacked recurrent layers (nn models rnn, gru, lstm; the scratch models have one).")
     dropout: float = _opt(0.0, "Dropout probability in [0, 1) on the embedding, between layers and before the output layer; active only in training.")
-    embedding: int = _opt(0, "0: one-hot input as in the textbook; N > 0: a learned N-wide embedding (nn models rnn, gru, lstm).")
+    embedding: int = _opt(0, "0: one-hot input as in the textbook; N > 0: a learned N-wide embedding (nn models rnn, gru, lstm, ffn).")
+    context: int = _opt(0, "ffn: characters of context the feed-forward n-gram network reads; 0: the n-gram order minus one (--order).")
     tie_weights: bool = _opt(False, "Share the output layer's weights with the embedding (needs --embedding equal to --hidden).")
     # --- n-gram and mixture (kn, mix) -------------------------------------
     order: int = _opt(5, "kn and mix: n-gram order of the Kneser-Ney model (5 = predict from the previous 4 characters).")
-    kn_discounts: tuple = _opt((), "kn and mix: one Kneser-Ney discount per level (lowest first), as --preset auto fits them on the tuning slice; empty: the closed-form estimate.", flag="--kn-discount", multiple=True)
+    kn_discounts: tuple = _opt((), "kn and mix: one Kneser-Ney discount per level (lowest first; D1, D2, D3+ per level with --kn-discounts 3), as --preset auto fits them on the tuning slice; empty: the closed-form estimate.", flag="--kn-discount", multiple=True)
+    kn_discount_kinds: int = _opt(1, "kn and mix: discounts per n-gram level: 1 (interpolated Kneser-Ney) or 3 (modified Kneser-Ney, Chen & Goodman: D1, D2, D3+ for counts 1, 2, 3 and more; --kn-discount then takes three per level).", flag="--kn-discounts")
     mix_neural: str = _opt("rnn", "mix: the neural model family whose distribution is interpolated with the n-gram.")
     mix_weight: float = _opt(0.5, "mix: weight λ of the neural distribution; the n-gram gets 1-λ (fixed, never fitted on validation text).")
     mix_fit: str = _opt("none", "mix: fit λ on the tuning slice (--tune-fraction): none keeps --mix-weight; global fits one λ; count fits one λ per bucket of how often the n-gram context was seen. Never worse on the tuning slice than either part alone.", choices=("none", "global", "count"))
@@ -96,15 +98,7 @@ class Config:
                 raise CharlmError(f"--{name.replace('_', '-')} must be 0 or more (0 turns it off), got {getattr(self, name)}")
         if self.weight_decay > 1:  # a factor per step: above 1 the weights flip sign (and 1e39 overflows float32)
             raise CharlmError(f"--weight-decay must be at most 1 (1e-4 is usual; 0 turns it off), got {self.weight_decay}")
-        for d in self.kn_discounts:
-            try:
-                ok = 0 < float(d) <= 1
-            except (TypeError, ValueError):
-                ok = False
-            if not ok:
-                raise CharlmError(f"--kn-discount takes numbers in (0, 1], one per n-gram level, got {d!r}")
-        if self.kn_discounts and len(self.kn_discounts) != self.order:
-            raise CharlmError(f"--kn-discount was given {len(self.kn_discounts)} times; --order {self.order} needs one per level")
+        self._validate_discounts()
         if self.time_budget < 0:
             raise CharlmError(f"--time-budget must be 0 (no budget) or a number of minutes, got {self.time_budget}")
         if not 0 <= self.tune_fraction < 0.5:
@@ -128,6 +122,26 @@ class Config:
             raise CharlmError(f"--tie-weights shares the output layer ({self.hidden} wide, --hidden) with the embedding "
                               f"(--embedding {self.embedding}); give --embedding {self.hidden}")
         return self
+
+    def _validate_discounts(self) -> None:
+        """--kn-discounts 1 or 3, and --kn-discount: one number per level in (0, 1], or D1, D2, D3+ per level."""
+        kinds = self.kn_discount_kinds
+        if kinds not in (1, 3):
+            raise CharlmError(f"--kn-discounts must be 1 (interpolated Kneser-Ney) or 3 (modified), got {kinds}")
+        if self.context < 0:
+            raise CharlmError(f"--context must be 0 (the order minus one) or a number of characters, got {self.context}")
+        for i, d in enumerate(self.kn_discounts):
+            limit = 1 + i % kinds  # D1 <= 1, D2 <= 2, D3+ <= 3
+            try:
+                ok = 0 < float(d) <= limit
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                what = "in (0, 1], one per n-gram level" if kinds == 1 else "D1, D2, D3+ per level in (0, 1], (0, 2], (0, 3]"
+                raise CharlmError(f"--kn-discount takes numbers {what}, got {d!r}")
+        if self.kn_discounts and len(self.kn_discounts) != kinds * self.order:
+            raise CharlmError(f"--kn-discount was given {len(self.kn_discounts)} times; --order {self.order} needs "
+                              + ("one per level" if kinds == 1 else f"{3 * self.order} (three per level, --kn-discounts 3)"))
 
     def to_dict(self) -> dict:
         """Plain dict for checkpoints (only str, int, float, bool, None and tuples: safe for weights_only loading)."""

@@ -5,6 +5,7 @@ import torch
 from torch.func import functional_call
 
 from charlm.models import GRUScratch, LSTMScratch, RNNScratch
+from charlm.models.ffnn import FeedForwardNGram
 
 V, H, B, T = 5, 3, 2, 3
 
@@ -50,6 +51,23 @@ def test_lstm_scratch_gradcheck(onehot):
 
 def test_rnn_scratch_gradcheck():
     _check(RNNScratch(V, H), onehot=False)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"onehot": True}, {"embedding": 4}, {"embedding": H, "tie_weights": True}],
+                         ids=["lookup", "textbook", "embedding", "tied"])
+def test_ffn_gradcheck(kwargs):
+    """The feed-forward n-gram network: its state is characters, so the check runs over the weights alone."""
+    torch.manual_seed(0)
+    model = FeedForwardNGram(V, H, context=2, **kwargs).double()
+    names = [n for n, _ in model.named_parameters()]
+    params = tuple(torch.randn_like(p).mul_(0.7).requires_grad_() for p in model.parameters())
+    X = torch.randint(0, V, (B, T))
+    state = torch.cat([model.begin_state(B)[:, :1], torch.randint(0, V, (B, 1))], dim=1)  # padding, then a character
+
+    def f(*args):
+        return functional_call(model, dict(zip(names, args)), (X, state))[0]
+
+    assert torch.autograd.gradcheck(f, params, eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
 def test_gradcheck_catches_a_wrong_gradient():

@@ -58,7 +58,7 @@ def batch(seed=2, vocab=V):
 
 # --- the interface ---------------------------------------------------------
 
-@pytest.mark.parametrize("name", RECURRENT)
+@pytest.mark.parametrize("name", RECURRENT + ("ffn",))
 def test_interface_shapes(name):
     model = build_model(Config(model=name, hidden=H), V)
     X, _ = batch()
@@ -282,6 +282,9 @@ RUN_CASES = [(name, {}) for name in RECURRENT] + [
     ("gru", {"layers": 2, "dropout": 0.2, "embedding": 16, "tie_weights": True}),
     ("lstm", {"embedding": 8, "dropout": 0.1}),
     ("gru-scratch", {"onehot": True, "dropout": 0.1}),
+    ("ffn", {}),  # the feed-forward n-gram network (charlm/models/ffnn.py)
+    ("ffn", {"embedding": 16, "tie_weights": True, "dropout": 0.1, "context": 3}),
+    ("mix", {"mix_neural": "ffn", "order": 3}),
 ]
 RUN_IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" for n, kw in RUN_CASES]
 

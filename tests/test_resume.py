@@ -72,6 +72,7 @@ CASES = {
     "rnn-random": dict(model="rnn", sampler="random"),
     "rnn-offset-plateau": dict(model="rnn", sampler="consecutive", random_offset=True, lr_schedule="plateau"),
     "scratch-random-sgd": dict(model="rnn-scratch", sampler="random", optimizer="sgd", lr=1.0),
+    "ffn-consecutive": dict(model="ffn", sampler="consecutive", embedding=8),
 }
 
 
@@ -96,6 +97,8 @@ MID_EPOCH = {
     "rnn-random": dict(model="rnn", sampler="random"),
     # a tuple hidden state carried across minibatches, and dropout drawing on torch's generator every step
     "lstm-dropout": dict(model="lstm", sampler="consecutive", dropout=0.3),
+    # the feed-forward n-gram network's state is the last characters (integers), not a hidden vector
+    "ffn-dropout": dict(model="ffn", sampler="consecutive", dropout=0.3),
 }
 
 

@@ -86,3 +86,63 @@ def make_markov_text(order: int, vocab: int, length: int = 200_000, seed: int = 
     n_val = max(2, int(round(length * val_fraction)))
     # charlm's evaluate predicts validation positions 1.. (the first one has no context): same positions here
     return to_text(indices), best_perplexity(indices, t, length - n_val + 1)
+
+
+# --- sparse random Markov sources: a table of contexts, each with a few successors ------------------------------
+def sparse_markov_indices(order: int, vocab: int, successors: int, length: int, seed: int = 0,
+                          alpha: float = 1.0) -> tuple[np.ndarray, dict]:
+    """`length` indices from an order-`order` chain where each context allows only `successors` symbols.
+
+    Each context's successor set is drawn uniformly (without replacement), its probabilities from a
+    symmetric Dirichlet(`alpha`); contexts are drawn when first met, so only those the text visits exist.
+    Returns the indices and the table {context tuple: (successor array, probability array)}.
+    """
+    rng = np.random.default_rng(seed)
+    table: dict = {}
+    out = np.empty(length, dtype=np.int64)
+    out[:order] = rng.integers(0, vocab, size=order)
+    uniform = rng.random(length)
+    for t in range(order, length):
+        key = tuple(out[t - order:t].tolist())
+        entry = table.get(key)
+        if entry is None:
+            entry = table[key] = (rng.choice(vocab, size=successors, replace=False),
+                                  np.cumsum(rng.dirichlet(np.full(successors, alpha))))
+        out[t] = entry[0][min(int(np.searchsorted(entry[1], uniform[t] * entry[1][-1])), successors - 1)]
+    return out, table
+
+
+def sparse_floor(indices: np.ndarray, order: int, successors: int, start: int, alpha: float = 1.0) -> float:
+    """The learnable floor: perplexity of the Bayes estimate that knows every context's successor set.
+
+    Counted on positions before `start` (the training text), the posterior predictive of a successor w
+    of context h is (c(h w) + alpha) / (c(h) + successors * alpha), exact under the Dirichlet prior the
+    source was drawn from; scored on positions t >= max(start, order), as charlm's validation is.
+    """
+    ctx_counts: dict = {}
+    pair_counts: dict = {}
+    for t in range(order, start):
+        h = tuple(indices[t - order:t].tolist())
+        ctx_counts[h] = ctx_counts.get(h, 0) + 1
+        pair_counts[h, int(indices[t])] = pair_counts.get((h, int(indices[t])), 0) + 1
+    total = 0.0
+    positions = range(max(start, order), len(indices))
+    for t in positions:
+        h = tuple(indices[t - order:t].tolist())
+        c = pair_counts.get((h, int(indices[t])), 0)
+        total -= math.log((c + alpha) / (ctx_counts.get(h, 0) + successors * alpha))
+    return math.exp(total / len(positions))
+
+
+def make_sparse_markov_text(order: int, vocab: int, successors: int, length: int = 200_000, seed: int = 0,
+                            val_fraction: float = 0.1) -> tuple[str, float, float]:
+    """The text, its learnable floor (`sparse_floor`) and its true-table perplexity on the validation part."""
+    indices, table = sparse_markov_indices(order, vocab, successors, length, seed)
+    n_val = max(2, int(round(length * val_fraction)))
+    start = length - n_val + 1
+    true = 0.0
+    for t in range(start, length):
+        succ, cum = table[tuple(indices[t - order:t].tolist())]
+        j = int(np.flatnonzero(succ == indices[t])[0])
+        true -= math.log(cum[j] - (cum[j - 1] if j else 0.0))
+    return to_text(indices), sparse_floor(indices, order, successors, start), math.exp(true / (length - start))

@@ -32,7 +32,7 @@ class KNModel(CharModel):
     counts_ngrams = True
     fast_targets = True
 
-    def __init__(self, vocab_size: int, order: int = 5):
+    def __init__(self, vocab_size: int, order: int = 5, modified: bool = False):
         super().__init__()
         if isinstance(order, bool) or not isinstance(order, int) or order < 1:
             raise CharlmError(f"--order must be a whole number of 1 or more, got {order!r}")
@@ -40,21 +40,22 @@ class KNModel(CharModel):
             raise CharlmError(f"--order must be at most {MAX_ORDER} (character n-grams gain nothing beyond; "
                               f"6-8 is usually best), got {order}")
         self.vocab_size, self.order = vocab_size, order
-        self.kn = KneserNey(order, vocab_size)
+        self.modified = modified  # --kn-discounts 3: three discounts per level
+        self.kn = KneserNey(order, vocab_size, modified=modified)
         # A zero-size, frozen parameter: it follows .to(device) and lets callers that ask
         # next(model.parameters()) for the device work, without adding anything to train.
         self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
 
     @classmethod
     def from_config(cls, config, vocab_size: int) -> "KNModel":
-        return cls(vocab_size, getattr(config, "order", 5))
+        return cls(vocab_size, getattr(config, "order", 5), getattr(config, "kn_discount_kinds", 1) == 3)
 
     @classmethod
     def recipe_words(cls, config, order_note: str = "") -> str:
-        return f"KN-{config.order}{order_note}"
+        return f"KN-{config.order}{' modified' if getattr(config, 'kn_discount_kinds', 1) == 3 else ''}{order_note}"
 
     def describe(self) -> str:
-        return f"order {self.order}, fitted by counting"
+        return f"order {self.order}{', modified (3 discounts a level)' if self.modified else ''}, fitted by counting"
 
     def fit_counts(self, train_indices, discounts=None, should_stop=None) -> bool:
         """Count the n-grams of the training text (replaces earlier counts), then use `discounts` if given.
@@ -68,6 +69,7 @@ class KNModel(CharModel):
         if train.size < self.order:
             raise CharlmError(f"--order {self.order} is longer than the training text ({train.size} characters); "
                               "use a lower --order or a longer text")
+        self.kn.modified = self.modified
         self.kn.fit(train, should_stop=should_stop)
         if discounts:
             self.set_discounts([float(d) for d in discounts])

@@ -138,6 +138,19 @@ def _estimate_discount(counts: np.ndarray) -> float:
     return min(max(n1 / (n1 + 2 * n2), _D_MIN), _D_MAX)
 
 
+def _estimate_modified(counts: np.ndarray) -> list:
+    """Chen & Goodman's closed-form (D1, D2, D3+) from the counts of counts n1..n4: D_j = j - (j+1) Y n_{j+1} / n_j.
+
+    Y = n1 / (n1 + 2 n2); a level without the statistics gets the single estimate three times.
+    """
+    n = [int(np.count_nonzero(counts == j)) for j in range(1, 5)]
+    single = _estimate_discount(counts)
+    if min(n) == 0:
+        return [single] * 3
+    y = n[0] / (n[0] + 2 * n[1])
+    return [min(max(j - (j + 1) * y * n[j] / n[j - 1], _D_MIN), j - _D_MIN) for j in (1, 2, 3)]
+
+
 def _check_level_discount(d):
     """One level's discount: a number in (0, 1], or a modified-KN triple in (0, 1] x (0, 2] x (0, 3]."""
     if isinstance(d, (list, tuple)):

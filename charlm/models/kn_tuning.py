@@ -26,6 +26,8 @@ class OrderChoice(NamedTuple):
     tune_ppl: dict  # {order: tuning-slice perplexity with the discounts below for that order}
     discounts: list  # one per level of the best order
     closed_form_ppl: dict  # {order: tuning perplexity with the closed-form discounts}
+    single_ppl: float | None = None  # the best order's tuning perplexity with one discount a level
+    single_discounts: list | None = None  # and those discounts (`discounts` holds triples with `modified`)
 
 
 def max_order_for_memory(n_chars: int, budget_bytes: float = 1.5e9) -> int:
@@ -170,6 +172,7 @@ def choose_order(train_idx, tune_idx, vocab_size: int, max_order: int = 8, log=N
                 + (f", {tune_ppl[order]:.3f} (fitted)" if fit_discount else ""))
         raw_levels.pop(order, None)  # the raw top of this order is not reused by higher orders
     best = min(tune_ppl, key=tune_ppl.get)
+    single, single_discounts = tune_ppl[best], all_discounts[best]
     if modified and fit_discount:  # refine the best order only: 3 discounts per level cost 3x the fitting
         kn = KneserNey(best, V)
         kn.levels = [level(k, "cont") for k in range(1, best)] + \
@@ -178,4 +181,4 @@ def choose_order(train_idx, tune_idx, vocab_size: int, max_order: int = 8, log=N
         tune_ppl[best], all_discounts[best] = math.exp(nll), triples
         if log is not None:
             log(f"kn order {best}: tune ppl {tune_ppl[best]:.3f} with modified-KN discounts (D1, D2, D3+ per level)")
-    return OrderChoice(best, tune_ppl, all_discounts[best], closed)
+    return OrderChoice(best, tune_ppl, all_discounts[best], closed, single, single_discounts)

@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from charlm.models.kn_counts import (_Level, _as_index_array, _check_level_discount, _count_discount,
-                                     _estimate_discount, _find, _tables_to_arrays, count_ngrams)
+                                     _estimate_discount, _estimate_modified, _find, _tables_to_arrays,
+                                     count_ngrams)
 from charlm.models.limits import MAX_ORDER
 
 # Rows of (rows, V) float64 distributions built at once, so scoring never holds positions x V in memory.
@@ -57,12 +58,13 @@ class KneserNey:
 
     ``discount=None`` estimates one discount per order as D = n1 / (n1 + 2 n2) from the
     count-of-counts of the counts that order actually uses (raw at the top, continuation
-    below), clipped into (0, 1).  A fixed ``discount`` in (0, 1] is used at every order;
+    below), clipped into (0, 1); with ``modified`` Chen & Goodman's triple (D1, D2, D3+).  A fixed ``discount`` in (0, 1] is used at every order;
     a list of ``order`` of them (as `choose_order` fits) gives one per order.
     """
 
-    def __init__(self, order: int, vocab_size: int, discount=None):
+    def __init__(self, order: int, vocab_size: int, discount=None, modified: bool = False):
         self.order = _check_order(order)
+        self.modified = bool(modified)  # closed-form estimates are (D1, D2, D3+) triples
         if not isinstance(vocab_size, (int, np.integer)) or vocab_size < 1:
             raise ValueError(f"vocab_size must be an integer >= 1, got {vocab_size!r}")
         self.vocab_size = int(vocab_size)
@@ -100,7 +102,8 @@ class KneserNey:
         keys, raw, cont = count_ngrams(seq, self.vocab_size, self.order, should_stop=should_stop)
         counts = [cont[k] for k in range(1, self.order)] + [raw[self.order]]
         self._set_tables(keys, counts)
-        self.discounts = self._fixed_discounts() or [_estimate_discount(c) for c in counts]
+        estimate = _estimate_modified if self.modified else _estimate_discount
+        self.discounts = self._fixed_discounts() or [estimate(c) for c in counts]
         return self
 
     def _set_tables(self, keys: list, counts: list) -> None:

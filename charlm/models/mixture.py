@@ -86,7 +86,7 @@ class MixtureModel(CharModel):
         mixing = ("mixed by weights fitted per context count" if getattr(config, "mix_fit", None) == "count"
                   else f"mixed at λ {config.mix_weight:g}")
         return (f"{config.mix_neural} {config.hidden}" + (" tied" if config.tie_weights else "")
-                + f", dropout {config.dropout:g} + KN-{config.order}{order_note}, {mixing}")
+                + f", dropout {config.dropout:g} + {KNModel.recipe_words(config, order_note)}, {mixing}")
 
     def describe(self) -> str:
         return f"{self.neural.describe()} + KN {self.kn.describe()}, {self.extra_repr()}"

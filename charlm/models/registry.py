@@ -7,6 +7,7 @@ module has to import the registry from inside a function.
 
 from __future__ import annotations
 
+from charlm.models.ffnn import FeedForwardNGram
 from charlm.models.gru_scratch import GRUScratch
 from charlm.models.lstm_scratch import LSTMScratch
 from charlm.models.recurrent_nn import GRUModel, LSTMModel, RNNModel
@@ -19,4 +20,5 @@ NETWORKS = {
     "rnn": RNNModel,
     "gru": GRUModel,
     "lstm": LSTMModel,
+    "ffn": FeedForwardNGram,  # Bengio's feed-forward n-gram network over the last --context characters
 }

@@ -55,6 +55,10 @@ def write_run_summary(config: Config, corpus: Corpus, run_dir: Path, result: Tra
                "stopped_early": result.stopped_early, "model": config.model, "fingerprint": corpus.fingerprint}
     if result.best_tune_ppl is not None:
         summary["best_tune_ppl"] = result.best_tune_ppl
+    if result.stop_reason is not None:  # converged, budget or epochs; with the minutes trained against the budget
+        elapsed = result.metrics[-1].get("elapsed") if result.metrics else None
+        summary.update(stop_reason=result.stop_reason, train_minutes=round(elapsed / 60, 3) if elapsed else None,
+                       budget_minutes=config.time_budget or None)
     if before_recount is not None:  # best.pt's n-gram part was recounted with the tuning slice afterwards
         summary.update(recounted=True, val_ppl_before_recount=before_recount)
     write_summary(run_dir, summary)

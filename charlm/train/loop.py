@@ -31,6 +31,7 @@ from charlm.train.counting import recount_best, train_by_counting, write_run_sum
 from charlm.train.distributed import ProcessGroup
 from charlm.train.progress import format_line, log_predictions
 from charlm.train.state import EpochPosition, TrainingInterrupted, TrainResult, checkpoint_payload, set_rng_state
+from charlm.train.stopping import Progress, ending_line, stop_reason
 from charlm.train.validate import or_inf, perplexity, tune_perplexity
 
 
@@ -140,7 +141,8 @@ def train(config: Config, corpus: Corpus, run_dir: str | Path, *, resume: dict |
 
     # resume
     optimizer = make_optimizer(config, model)
-    run = _Run(config, corpus, model, optimizer, TrainResult(run_dir), make_scheduler(config, optimizer))
+    run = _Run(config, corpus, model, optimizer, TrainResult(run_dir), make_scheduler(config, optimizer),
+               progress=Progress(config.patience))
     metrics_log = MetricsLog(run_dir / "metrics.jsonl")
     start, position = _resume(run, resume, device, metrics_log if dist.is_main else None)
     check_minibatch_fits(config, len(corpus.train))  # refuse before the first checkpoint is written
@@ -155,10 +157,11 @@ def train(config: Config, corpus: Corpus, run_dir: str | Path, *, resume: dict |
     streams = _validation_streams(config, corpus, device, log)
     mid_epoch_stop, budget_stop, stop_now = _stops(config, dist, should_stop, clock)
     carry, step_hook = carries_state(config.sampler), _budget_hook(run, config.lr, bool(config.time_budget), progress)
-    out_of_time = False
+    out_of_time, reason = False, "epochs"
     for epoch in range(start, config.epochs + 1):
         if config.time_budget and dist.all_reduce_sum(int(clock.over()))[0]:
             log(f"time budget of {config.time_budget:g} min spent: stopping")
+            reason = "budget"
             break
 
         # forward backward update
@@ -188,17 +191,25 @@ def train(config: Config, corpus: Corpus, run_dir: str | Path, *, resume: dict |
         log(format_line(record))
         if dist.is_main and config.pred_every and (epoch % config.pred_every == 0 or epoch == config.epochs or out_of_time):
             log_predictions(config, model, corpus.vocab, device, log)
-        if _stopping(run, record, out_of_time, log):
+        if (reason := stop_reason(run, record, out_of_time, log) or reason) != "epochs":
             break
         if should_stop is not None and epoch < config.epochs and dist.all_reduce_sum(int(should_stop()))[0]:
             raise TrainingInterrupted(last, epoch, None, total)  # between epochs: last.pt was just written
+    _finish(run, run_dir, device, streams, dist, reason, log)
+    dist.close()  # under torchrun: all ranks leave the process group together, once rank 0 has written
+    return run.result
+
+
+def _finish(run, run_dir: Path, device, streams: int, dist: ProcessGroup, reason: str, log) -> None:
+    """Say how training ended, recount best.pt's n-gram part with the tuning slice, write summary.json (rank 0)."""
+    config, corpus, model = run.config, run.corpus, run.model
+    run.result.stop_reason = reason
+    log(ending_line(config, reason, run.clock))
     before = None
     if dist.is_main and len(corpus.tune) and model.counts_ngrams and (run_dir / "best.pt").exists():
         before = recount_best(config, corpus, model, run_dir, device, streams, run.result, log)
     if dist.is_main:  # the figure just reported, beside the epochs' lines (docs/errors.md, "summary.json")
         write_run_summary(config, corpus, run_dir, run.result, before)
-    dist.close()  # under torchrun: all ranks leave the process group together, once rank 0 has written
-    return run.result
 
 
 @dataclass
@@ -212,28 +223,28 @@ class _Run:
     result: TrainResult
     scheduler: object = None
     clock: Budget | None = None
-    bad_epochs: int = 0  # epochs since the last better score (early stopping counts them)
+    progress: Progress | None = None  # epochs since the last progress (early stopping counts them)
 
     def snapshot(self, epoch: int, partial: dict | None = None) -> dict:
         """The checkpoint payload: everything resume needs (`partial`: the position inside epoch + 1)."""
         payload = checkpoint_payload(self.config, self.corpus, self.model, epoch, self.result, self.optimizer,
-                                     self.scheduler, self.bad_epochs, partial)
-        payload.update(best_tune_ppl=self.result.best_tune_ppl, budget=self.clock.state())
+                                     self.scheduler, self.progress.bad_epochs, partial)
+        payload.update(best_tune_ppl=self.result.best_tune_ppl, budget=self.clock.state(), **self.progress.state())
         return payload
 
     def keep_best(self, epoch: int, record: dict) -> bool:
         """Note the epoch's score, step the schedule; True when it is the best so far (best.pt is rewritten).
 
-        With a tuning slice, best.pt and early stopping read it; the validation text only reports.
+        With a tuning slice, best.pt and early stopping read it; the validation text only reports. Early
+        stopping also counts a mixture's network part improving on its own as progress (charlm/train/stopping.py).
         """
         val_ppl, tune_ppl, result = record["val_ppl"], record.get("tune_ppl"), self.result
         score = val_ppl if tune_ppl is None else tune_ppl
         best_score = result.best_val_ppl if tune_ppl is None else (result.best_tune_ppl or math.inf)
         improved = score < best_score
         if improved:
-            result.best_val_ppl, result.best_tune_ppl, result.best_epoch, self.bad_epochs = val_ppl, tune_ppl, epoch, 0
-        else:
-            self.bad_epochs += 1
+            result.best_val_ppl, result.best_tune_ppl, result.best_epoch = val_ppl, tune_ppl, epoch
+        self.progress.update(improved, record)
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step(score)
         elif self.scheduler is not None:
@@ -287,7 +298,7 @@ def _resume(run: _Run, resume: dict | None, device, metrics_log) -> tuple[int, E
     result.metrics = list(resume["metrics"])
     result.best_val_ppl, result.best_epoch = resume["best_val_ppl"], resume["best_epoch"]
     result.best_tune_ppl = resume.get("best_tune_ppl")
-    run.bad_epochs = resume["bad_epochs"]
+    run.progress = Progress(run.config.patience, resume["bad_epochs"], resume.get("best_network_tune_ppl"))
     if metrics_log is not None:  # rank 0
         metrics_log.truncate_to(result.metrics)
         discard_summary(metrics_log.path.parent)  # training goes on: the earlier final figure no longer holds
@@ -362,22 +373,6 @@ def _epoch_record(run: _Run, epoch: int, loss_sum: float, n: int, seconds: float
                             f"{divergence_advice(lr, config.clip)}; the last good checkpoint {last} is unchanged")
     run.result.metrics.append(record)
     return record
-
-
-def _stopping(run: _Run, record: dict, out_of_time: bool, log) -> bool:
-    """True when the run ends after this epoch: its time budget is spent, or --patience epochs without a better score."""
-    config, result = run.config, run.result
-    if out_of_time:
-        log(f"time budget of {config.time_budget:g} min spent after {run.clock.done:,} minibatches: stopping "
-            f"(best validation perplexity {result.best_val_ppl:.3f} at epoch {result.best_epoch})")
-        return True
-    if config.patience and run.bad_epochs >= config.patience:
-        which = "validation" if record.get("tune_ppl") is None else "tuning-slice"
-        log(f"no better {which} perplexity for {config.patience} epochs: stopping early "
-            f"(best validation perplexity {result.best_val_ppl:.3f} at epoch {result.best_epoch})")
-        result.stopped_early = True
-        return True
-    return False
 
 
 def divergence_advice(lr: float, clip: float) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 # Config fields that `--preset auto` may choose (help texts say "--preset auto chooses").
 AUTO_FIELDS = (
     "model", "mix_neural", "hidden", "embedding", "tie_weights", "layers", "dropout",
-    "weight_decay", "order", "kn_discounts", "mix_fit", "mix_weight", "sampler", "num_steps", "batch_size",
+    "weight_decay", "order", "kn_discounts", "kn_discount_kinds", "mix_fit", "mix_weight", "sampler", "num_steps", "batch_size",
     "optimizer", "lr", "lr_schedule", "epochs", "patience", "time_budget", "tune_fraction",
 )
 
@@ -52,6 +52,9 @@ EPOCHS = ((100_000, 15), (500_000, 20), (math.inf, 40))
 # characters to learn, and a GRU, which reads every past character, fits noise in the longer contexts. It gets
 # dropout SHORT_DROPOUT and weight decay SHORT_WEIGHT_DECAY, with up to SHORT_EPOCHS passes to learn under them.
 SHORT_ORDER, SHORT_MIN_CHARS, SHORT_DROPOUT, SHORT_WEIGHT_DECAY, SHORT_EPOCHS = 4, 100_000, 0.3, 3e-4, 50
+# Modified Kneser-Ney (three discounts a level) is used when, fitted on the tuning slice, it lowers the slice's
+# perplexity by at least this share: below it the gain is within what 3x the fitted numbers buy by chance.
+MODIFIED_GAIN = 0.01
 
 
 def _by_size(table, n: int):
@@ -187,6 +190,26 @@ def _fit_minibatch(config, n_train: int, explicit: set):
     return config
 
 
+def _fit_ngram(config, corpus, explicit: set):
+    """(config, note): the n-gram order and discounts fitted on the tuning slice; modified KN where it gains enough."""
+    from charlm.models.kn_tuning import choose_order
+
+    kinds = config.kn_discount_kinds
+    choice = choose_order(corpus.train, corpus.tune, len(corpus.vocab), AUTO_MAX_ORDER,
+                          modified="kn_discount_kinds" not in explicit or kinds == 3)
+    ppl = choice.tune_ppl[choice.order]
+    if "kn_discount_kinds" not in explicit:
+        kinds = 3 if ppl <= choice.single_ppl * (1 - MODIFIED_GAIN) else 1
+    discounts = choice.discounts
+    if kinds == 1 and choice.single_discounts is not None:  # the triples did not gain enough: one discount a level
+        ppl, discounts = choice.single_ppl, choice.single_discounts
+    flat = [x for d in discounts for x in (d if isinstance(d, list) else [d])]
+    config = replace(config, order=int(choice.order), kn_discount_kinds=kinds)
+    if "kn_discounts" not in explicit:
+        config = replace(config, kn_discounts=tuple(round(float(d), 6) for d in flat))
+    return config, f" (tune ppl {ppl:.1f})"
+
+
 def resolve_auto(config, corpus, explicit: set):
     """Fill the fields auto chooses (those not in `explicit`), carve the tuning slice, pick the n-gram order on it.
 
@@ -196,7 +219,6 @@ def resolve_auto(config, corpus, explicit: set):
     """
     from charlm.data.corpus import carve_tune
     from charlm.models import MODELS
-    from charlm.models.kn_tuning import choose_order
 
     stats = corpus_stats(corpus)
     values, reason = choose_recipe(stats, device_info(config.device),
@@ -209,16 +231,12 @@ def resolve_auto(config, corpus, explicit: set):
     order_note = ""
     family = MODELS.get(config.model)
     if family is not None and family.uses_ngram() and not {"order", "kn_discounts"} & explicit and len(corpus.tune) >= 2:
-        choice = choose_order(corpus.train, corpus.tune, len(corpus.vocab), AUTO_MAX_ORDER)
-        config = replace(config, order=int(choice.order))
-        if "kn_discounts" not in explicit:
-            config = replace(config, kn_discounts=tuple(round(float(d), 6) for d in choice.discounts))
-        order_note = f" (tune ppl {choice.tune_ppl[choice.order]:.1f})"
+        config, order_note = _fit_ngram(config, corpus, explicit)
         config, short = _short_memory(config, stats, explicit)
         if short:
             reason += f", short memory (best order {config.order})"
-    elif "kn_discounts" in explicit and "order" not in explicit:  # one discount per level: the order is theirs
-        config = replace(config, order=len(config.kn_discounts))
+    elif "kn_discounts" in explicit and "order" not in explicit:  # one discount (or three) per level: the order is theirs
+        config = replace(config, order=max(1, len(config.kn_discounts) // config.kn_discount_kinds))
     elif "order" not in explicit:  # no tuning slice (a short text): the default order, if the text is that long
         config = replace(config, order=max(1, min(config.order, len(corpus.train) - 1)))
     config.validate()

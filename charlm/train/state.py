@@ -35,6 +35,7 @@ class TrainResult:
     best_epoch: int = 0
     stopped_early: bool = False
     best_tune_ppl: float | None = None  # with a tuning slice: the figure best.pt was chosen by
+    stop_reason: str | None = None  # how training ended: "converged", "budget" or "epochs" (charlm/train/stopping.py)
 
 
 class TrainingInterrupted(Exception):
