@@ -109,14 +109,15 @@ def lyrics(path):
           f"{p_short / max(1, p_lines):.1%}")
 
 
-def ci(path, names=10, n=20):
+def ci(path, names=10, n=20, candidates=None):
     run, forms = load(path)
     text = training_corpus(run.payload).text
     print(f"Song ci ({path}): {len(forms.forms.named)} named forms")
     print(f"  {'form':<8} {'format':>7} {'rhyme':>7} {'copied 8+':>10} {'fluency cost':>13} "
           f"{'distinct-2':>11} {'unformed':>9}")
     for named in forms.forms.named[:names]:
-        formed = draw(run, forms, [""], n, 3, form=FormRequest(form=named.name))
+        asked = {"candidates": candidates} if candidates else {}
+        formed = draw(run, forms, [""], n, 3, form=FormRequest(form=named.name, **asked))
         free = draw(run, forms, [named.name + "\n"], n, 3, length=len(named.template), max_copy=7)
         fmt = statistics.mean(metrics.format_accuracy(lines_of(s)[1:], named.template.split("\n")) for s in formed)
         hs = [metrics.rhyme_hits(lines_of(s)[1:], named.rhyme, "zh") for s in formed]
@@ -187,6 +188,8 @@ def main():
     ap.add_argument("--ci")
     ap.add_argument("--sonnets")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--candidates", type=int, default=0,
+                    help="candidates per Song ci sample (default: generate's); 1 shows what choosing them buys")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -194,7 +197,7 @@ def main():
         lyrics(args.lyrics)
         speed(args.lyrics)
     if args.ci:
-        ci(args.ci)
+        ci(args.ci, candidates=args.candidates)
     if args.sonnets:
         sonnets(args.sonnets)
         guard_sweep(args.sonnets)
