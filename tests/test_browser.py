@@ -83,7 +83,7 @@ def test_page_streams_a_generation(server, browser, tmp_path):
     streamed = lambda d: any(e.text for e in d.find_elements(By.CSS_SELECTOR, ".sample .gen"))  # noqa: E731
     try:
         wait.until(streamed)  # streamed text
-    except Exception:  # seen once in about 20 runs, not reproduced since: say what the page showed, try once more
+    except Exception:  # seen twice in about 25 runs, not reproduced since: say what the page showed, try once more
         import sys
         status = browser.find_element(By.ID, "status")
         print(f"first generation showed no text in 20 s; status {status.text!r} ({status.get_attribute('class')}), "
